@@ -1,0 +1,198 @@
+"""``python -m fedxmodal <command>``: every user-facing command of the bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _structures(args) -> tuple[str, ...]:
+    from .data.contract import TASK_STRUCTURES
+
+    if getattr(args, "structures", None):
+        return tuple(s.strip() for s in args.structures.split(",") if s.strip())
+    return TASK_STRUCTURES[args.task]
+
+
+def _add_task(p) -> None:
+    p.add_argument("--task", choices=("abdomen", "heart"), default="abdomen",
+                   help="structure set: abdomen (liver, kidneys, spleen, pancreas, gallbladder) or heart")
+    p.add_argument("--structures", help="comma-separated canonical structure names (overrides --task)")
+
+
+def cmd_demo_data(args) -> int:
+    from .data.phantom import write_phantom_federation
+
+    sites = write_phantom_federation(args.out, seed=args.seed, task=args.task, n_train=args.n_train,
+                                     n_val=args.n_val, n_test=args.n_test, progress=not args.quiet)
+    for name, path in sites.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_check_data(args) -> int:
+    from .data.check import check_site
+
+    structures = _structures(args) if (args.structures or args.task_given) else None
+    bad = 0
+    for site in args.site_dirs:
+        report = check_site(site, structures, progress=not args.quiet)
+        print(report.render())
+        bad += not report.ok
+    return 1 if bad else 0
+
+
+def cmd_convert(args) -> int:
+    from .data import converters
+
+    fn = {"amos": converters.convert_amos, "chaos": converters.convert_chaos,
+          "totalseg": converters.convert_totalseg}[args.dataset]
+    for name, path in fn(args.src, args.out, seed=args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _train_config(args):
+    from .engine.trainer import TrainConfig
+
+    return TrainConfig(method=args.method, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+
+
+def cmd_train(args) -> int:
+    from .data.preprocess import PreprocessConfig
+    from .engine.regimes import train_regime
+
+    res = train_regime(args.regime, args.sites, _structures(args), args.out, epochs=args.epochs,
+                       eval_sites=args.eval_sites, train=_train_config(args),
+                       preprocess=PreprocessConfig(spacing=args.spacing, size=args.size), device=args.device)
+    print((Path(args.out) / "evaluation_best.md").read_text())
+    print(f"results: {Path(args.out) / 'results.json'} ({res['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data.slices import SiteSlices
+    from .engine.trainer import SegmentationEngine
+    from .metrics.report import cross_modality_matrix, write_evaluation
+
+    out = Path(args.out)
+    matrix = {}
+    for ckpt in args.model:
+        engine = SegmentationEngine.from_checkpoint(ckpt, device=args.device)
+        evals = [engine.evaluate(SiteSlices(s, engine.structures, engine.preprocess), args.split, hd95=args.hd95,
+                                 progress=True) for s in args.site_dirs]
+        name = Path(ckpt).stem if len(args.model) > 1 else "evaluation"
+        js, md = write_evaluation(evals, out / name, title=f"{Path(ckpt).name} on {args.split}")
+        print(md.read_text())
+        matrix[Path(ckpt).name] = evals
+    if len(args.site_dirs) > 1:
+        text = "# Cross-modality matrix (mean 3D Dice)\n\n" + cross_modality_matrix(matrix)
+        (out / "cross_modality.md").write_text(text)
+        print(text)
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .apps.segment import segment_file
+
+    segment_file(args.image, args.model, args.out, modality=args.modality, overlay=args.overlay, device=args.device)
+    print(f"mask: {args.out}" + (f", overlay: {args.overlay}" if args.overlay else ""))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .apps.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fedxmodal", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo-data", help="write the procedural phantom federation (ct-site, mr-site)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--task", choices=("abdomen", "heart"), default="abdomen")
+    s.add_argument("--n-train", type=int, default=6)
+    s.add_argument("--n-val", type=int, default=2)
+    s.add_argument("--n-test", type=int, default=3)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo_data)
+
+    s = sub.add_parser("check-data", help="check site folders and report every problem (exit 1 if any)")
+    s.add_argument("site_dirs", nargs="+")
+    _add_task(s)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_check_data)
+
+    s = sub.add_parser("convert", help="convert a public data set to site folders split by modality")
+    s.add_argument("dataset", choices=("amos", "chaos", "totalseg"))
+    s.add_argument("src")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("train", help="train with --regime local (one site) or centralized (pooled sites)")
+    s.add_argument("--regime", choices=("local", "centralized"), required=True)
+    s.add_argument("--sites", nargs="+", required=True, help="site folders to train on")
+    s.add_argument("--eval-sites", nargs="+", help="site folders to test on (default: the training sites)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--method", default="gin", help="none | gin | gin_ipa")
+    _add_common_train(s)
+    _add_task(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="per-volume, per-structure 3D Dice of model(s) on site test splits")
+    s.add_argument("--model", nargs="+", required=True, help="checkpoint(s)")
+    s.add_argument("site_dirs", nargs="+")
+    s.add_argument("--split", default="test")
+    s.add_argument("--out", default="evaluation")
+    s.add_argument("--hd95", action="store_true")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("segment", help="segment a NIfTI file or DICOM series; the mask is in the input's geometry")
+    s.add_argument("image")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True, help="mask path (.nii.gz)")
+    s.add_argument("--modality", choices=("CT", "MR"), help="default: the DICOM tag, else guessed from intensities")
+    s.add_argument("--overlay", help="also write a PNG overlay of the mask on the image")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("demo", help="the main job: phantom data -> FedGIN in nvflare simulator -> evaluation")
+    s.add_argument("--workdir", default="demo")
+    s.add_argument("--rounds", type=int, default=None)
+    s.add_argument("--quick", action="store_true", help="tiny settings (CI smoke run)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _add_common_train(s) -> None:
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--spacing", type=float, default=3.0, help="in-plane spacing (mm)")
+    s.add_argument("--size", type=int, default=128, help="slice size (pixels)")
+    s.add_argument("--device", default="auto")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.task_given = "--task" in argv
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .data.errors import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,69 @@
+"""What a method adds to the one training engine: its augmentation and/or its loss.
+
+A method is an object with ``training_loss(model, images, labels, seg_loss) -> (loss, logs)``;
+images (B, 1, H, W) already spatially augmented, labels (B, H, W) class indices. The engine owns
+the loop, the optimizer, devices, AMP, logging and evaluation; methods never copy those.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses.consistency import kl_consistency
+from ..transforms.gin import GINAugment
+from ..transforms.ipa import gin_ipa_views
+
+
+class PlainMethod:
+    """No intensity augmentation (base spatial augmentation only)."""
+
+    name = "none"
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def training_loss(self, model, images, labels, seg_loss):
+        logits = model(self.augment(images))
+        return seg_loss(logits, labels[:, None]), {}
+
+
+class GINMethod(PlainMethod):
+    """GIN: every training batch passes through a fresh random shallow conv net (REFERENCE.md §1).
+    ``shared_across_batch=True`` is the federated papers' variant (one net per batch)."""
+
+    name = "gin"
+
+    def __init__(self, shared_across_batch: bool = False, interm_channels: int = 2, n_layers: int = 4):
+        self.gin = GINAugment(n_layers=n_layers, interm_channels=interm_channels,
+                              shared_across_batch=shared_across_batch)
+
+    def augment(self, images):
+        return self.gin(images)
+
+
+class GINIPAMethod(GINMethod):
+    """GIN-IPA: three GIN views, two blended by a smooth random mask; segmentation loss on the
+    first blended view, KL consistency of all three to their mean (weight 10 by default)."""
+
+    name = "gin_ipa"
+
+    def __init__(self, consistency_weight: float = 10.0, **gin_args):
+        super().__init__(**gin_args)
+        self.consistency_weight = consistency_weight
+
+    def training_loss(self, model, images, labels, seg_loss):
+        views = gin_ipa_views(images, self.gin)
+        logits = model(torch.cat(views))  # one forward for the three views: (3B, C, H, W)
+        per_view = logits.chunk(3)
+        seg = seg_loss(per_view[0], labels[:, None])
+        cons = kl_consistency(list(per_view), weight=self.consistency_weight)
+        return seg + cons, {"loss_seg": float(seg), "loss_consistency": float(cons)}
+
+
+METHODS = {"none": PlainMethod, "gin": GINMethod, "gin_ipa": GINIPAMethod}
+
+
+def build_method(name: str, **kwargs):
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name](**kwargs)

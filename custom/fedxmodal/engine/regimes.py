@@ -1,0 +1,83 @@
+"""Non-federated regimes on the one engine: ``local`` (one site's data) and ``centralized``
+(all sites' training slices pooled). The federated regime drives the same engine from NVFlare
+(``fedxmodal.fl.site_train``). Every regime evaluates on every given site's test split."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.preprocess import PreprocessConfig
+from ..data.slices import SiteSlices
+from ..metrics.report import write_evaluation
+from ..networks.unet import UNetConfig
+from .trainer import SegmentationEngine, TrainConfig, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def validation_dice(engine: SegmentationEngine, sites: list[SiteSlices]) -> float:
+    """Mean over sites of the per-volume mean Dice on each site's validation split."""
+    vals = [engine.evaluate(s, "validation")["summary"]["mean_dice"] for s in sites]
+    return float(sum(vals) / len(vals))
+
+
+def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, epochs: int = 10,
+                 eval_sites: list[str] | None = None, train: TrainConfig | None = None,
+                 network: UNetConfig | None = None, preprocess: PreprocessConfig | None = None,
+                 device: str = "auto", progress: bool = True, writer=None) -> dict:
+    """Train with ``regime`` ('local': exactly one site; 'centralized': pooled sites), keep the
+    model with the best validation Dice, evaluate it and the final model on every eval site's
+    test split; writes ``out_dir/{final,best}_model.pt`` and ``evaluation_{final,best}.{json,md}``."""
+    if regime not in ("local", "centralized"):
+        raise ValueError(f"unknown regime {regime!r} (federated runs go through NVFlare: see README)")
+    if regime == "local" and len(train_sites) != 1:
+        raise ValueError("--regime local trains on exactly one site")
+    train = train or TrainConfig()
+    preprocess = preprocess or PreprocessConfig()
+    seed_everything(train.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if writer is None:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"))
+    sites = [SiteSlices(s, structures, preprocess, progress=progress) for s in train_sites]
+    pooled = [s.slices("training", foreground_only=train.foreground_only) for s in sites]
+    images = torch.cat([p[0] for p in pooled])
+    labels = torch.cat([p[1] for p in pooled])
+    engine = SegmentationEngine(structures, network, train, preprocess, device=device, writer=writer)
+    log.info("%s training on %s: %d slices, %d epochs", regime, [s.name for s in sites], len(images), epochs)
+    history, best, t0 = [], -1.0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        fit = engine.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress)
+        val = validation_dice(engine, sites)
+        history.append({"epoch": epoch, "loss": fit["loss"], "val_dice": val})
+        writer.add_scalar("val/mean_dice", val, epoch)
+        if progress:
+            print(f"[{regime}] epoch {epoch}/{epochs} loss {fit['loss']:.4f} val Dice {val:.4f}", flush=True)
+        if val > best:
+            best = val
+            engine.save(out_dir / "best_model.pt", regime=regime, epoch=epoch, val_dice=val)
+    engine.save(out_dir / "final_model.pt", regime=regime, epoch=epochs)
+    wall = time.perf_counter() - t0
+    eval_dirs = eval_sites or train_sites
+    eval_slices = {s.site.root: s for s in sites}
+    results = {"regime": regime, "train_sites": [s.name for s in sites], "structures": list(structures),
+               "epochs": epochs, "n_train_slices": int(len(images)), "history": history,
+               "train": train.to_dict(), "seconds": wall, "models": {}}
+    for tag in ("final", "best"):
+        model = SegmentationEngine.from_checkpoint(out_dir / f"{tag}_model.pt", device=device)
+        evals = []
+        for d in eval_dirs:
+            site = eval_slices.get(Path(d).resolve()) or SiteSlices(d, structures, preprocess, progress=progress)
+            eval_slices[site.site.root] = site
+            evals.append(model.evaluate(site, "test"))
+        write_evaluation(evals, out_dir / f"evaluation_{tag}", title=f"{regime} ({tag} model)")
+        results["models"][tag] = {e["site"]: e["summary"] for e in evals}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    writer.close()
+    return results

@@ -1,0 +1,347 @@
+"""The generic site side of a fedxmodal job: NVFlare's Client API loop around plain callables.
+
+A method (FedGIN, FedDA, FedBN, ...) supplies *what* to do -- train E local epochs, validate,
+evaluate, get/set weights -- and :func:`run_client` does the FL protocol:
+
+* ``train`` task: load the global model, validate it on the local validation split BEFORE
+  training (these metrics go back in ``FLModel.metrics``; the server's model selector picks the
+  best global model by the key metric, e.g. ``dice``), train, send the weights with
+  ``FLModel.meta["NUM_STEPS_CURRENT_ROUND"] = n_train_items`` (the weight NVFlare's FedAvg
+  averages with). Diffs instead of weights are a job setting (``params_transfer_type="DIFF"``):
+  the Client API computes them, the script always returns full weights.
+* ``validate`` task (cross-site evaluation): load the given model (the global model or another
+  site's local model), evaluate it on the local test split, send the metrics.
+* ``submit_model`` task (cross-site evaluation): send this site's local model (the weights after
+  its last local training).
+
+Metrics are streamed to TensorBoard through NVFlare (they land in the server's
+``tb_events/<site>/``). An abort or stop of the job ends the loop cleanly; long training loops
+can poll :attr:`RoundInfo.should_stop` between batches.
+
+The knobs of a job are passed to the script as ``--key=value`` arguments written by
+:func:`format_client_args` (the job builder does this) and read back with
+:func:`parse_client_args`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+
+logger = logging.getLogger(__name__)
+
+ENV_NUM_THREADS = "FEDXMODAL_NUM_THREADS"
+NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"  # nvflare.apis.fl_constant.FLMetaKey.NUM_STEPS_CURRENT_ROUND
+
+__all__ = [
+    "RoundInfo",
+    "SiteContext",
+    "format_client_args",
+    "init_site",
+    "instantiate",
+    "parse_client_args",
+    "run_client",
+    "seed_everything",
+    "set_num_threads",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# job knobs <-> script arguments
+# --------------------------------------------------------------------------------------------
+def format_client_args(args: Mapping[str, Any]) -> str:
+    """``{"local_epochs": 1, "structures": ["liver"]}`` -> ``--local_epochs=1 --structures='["liver"]'``.
+
+    Values are compact JSON. NVFlare splits in-process script arguments on whitespace (quotes
+    kept) and external-process ones POSIX-style (quotes removed); the single quotes around values
+    containing ``"`` survive both and :func:`parse_client_args` strips them. Strings with
+    whitespace or single quotes cannot be passed.
+    """
+    parts = []
+    for key, value in args.items():
+        if not isinstance(key, str) or not key.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"invalid client arg name: {key!r}")
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        if isinstance(value, str) and not any(c in value for c in "\"\\"):
+            text = value  # plain strings unquoted: --modality=CT
+        if any(c.isspace() for c in text) or "'" in text:
+            raise ValueError(f"client arg {key}={text}: values may not contain whitespace or single quotes")
+        if '"' in text or "\\" in text:
+            text = f"'{text}'"
+        parts.append(f"--{key}={text}")
+    return " ".join(parts)
+
+
+def _decode_value(text: str) -> Any:
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_client_args(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping[str, Any]] = None) -> dict:
+    """Read the ``--key=value`` (or ``--key value``) arguments into a dict; values JSON-decoded.
+
+    ``argv`` defaults to ``sys.argv[1:]``. Keys keep their spelling (``--local_epochs`` ->
+    ``"local_epochs"``). ``defaults`` fill keys that are absent.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = dict(defaults or {})
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected client argument {token!r} (expected --key=value)")
+        if "=" in token:
+            key, text = token[2:].split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, text = token[2:], argv[i + 1]
+            i += 1
+        else:
+            key, text = token[2:], "true"
+        out[key] = _decode_value(text)
+        i += 1
+    return out
+
+
+def instantiate(spec: Mapping[str, Any]):
+    """Build an object from ``{"path": "package.module.Class", "args": {...}}`` (as NVFlare does)."""
+    import importlib
+
+    path = spec["path"]
+    module_name, _, class_name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**dict(spec.get("args") or {}))
+
+
+# --------------------------------------------------------------------------------------------
+# site setup
+# --------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:  # pragma: no cover
+        pass
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def set_num_threads(num_threads: int = 0) -> int:
+    """Limit torch's CPU threads so sites sharing a machine do not oversubscribe it.
+
+    ``FEDXMODAL_NUM_THREADS`` (a property of the machine, set at the site) wins over the job's
+    ``num_threads``; 0 means leave torch's default. Returns the thread count in effect.
+    """
+    import torch
+
+    env = os.environ.get(ENV_NUM_THREADS)
+    if env:
+        num_threads = int(env)
+    if num_threads and num_threads > 0:
+        torch.set_num_threads(num_threads)
+        try:
+            torch.set_num_interop_threads(num_threads)
+        except RuntimeError:  # only settable before the first parallel work
+            pass
+    return torch.get_num_threads()
+
+
+@dataclass
+class SiteContext:
+    """What :func:`init_site` set up."""
+
+    site_name: str
+    seed: int
+    num_threads: int
+    writer: Any = None  # nvflare.client.tracking.SummaryWriter
+
+
+def init_site(seed: int = 0, num_threads: int = 0, per_site_seed: bool = True) -> SiteContext:
+    """``flare.init()``, then seed (``seed`` + a stable per-site offset) and limit torch threads.
+
+    Call it first in a client script, before building the model or the data loaders.
+    """
+    import nvflare.client as flare
+    from nvflare.client.tracking import SummaryWriter
+
+    flare.init()
+    site_name = flare.get_site_name()
+    site_seed = seed + (zlib.crc32(site_name.encode()) % 100_000 if per_site_seed else 0)
+    seed_everything(site_seed)
+    threads = set_num_threads(num_threads)
+    try:
+        import fedxmodal
+
+        origin = os.path.dirname(os.path.abspath(fedxmodal.__file__))
+    except ImportError:  # pragma: no cover
+        origin = "?"
+    logger.info(f"[{site_name}] seed={site_seed} torch_threads={threads} fedxmodal from {origin}")
+    return SiteContext(site_name=site_name, seed=site_seed, num_threads=threads, writer=SummaryWriter())
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RoundInfo:
+    """Handed to ``train_fn`` each round."""
+
+    current_round: int
+    total_rounds: Optional[int]
+    site_name: str
+    writer: Any  # SummaryWriter (add_scalar(tag, value, global_step))
+    should_stop: Callable[[], bool]  # True once the job is aborted/stopped: return early
+    global_metrics: Dict[str, float] = field(default_factory=dict)  # pre-training validation metrics
+
+
+def _job_should_stop() -> bool:
+    import nvflare.client as flare
+
+    try:
+        return not flare.is_running()
+    except Exception:  # abort raises inside the Client API
+        return True
+
+
+def _copy_weights(weights: Mapping[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for k, v in weights.items():
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().clone()
+        elif hasattr(v, "copy"):
+            v = v.copy()
+        out[k] = v
+    return out
+
+
+def _log_metrics(writer, prefix: str, metrics: Optional[Mapping[str, Any]], step: int) -> None:
+    if writer is None or not metrics:
+        return
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            writer.add_scalar(f"{prefix}/{k}", float(v), global_step=step)
+
+
+def run_client(
+    train_fn: Callable[[RoundInfo], Optional[Mapping[str, float]]],
+    validate_fn: Callable[[], Mapping[str, float]],
+    evaluate_fn: Callable[[], Mapping[str, float]],
+    get_weights: Callable[[], Mapping[str, Any]],
+    set_weights: Callable[[Mapping[str, Any]], None],
+    n_train_items: Union[int, Callable[[], int]],
+    *,
+    key_metric: str = "dice",
+    site: Optional[SiteContext] = None,
+    on_task: Optional[Callable[[str, Any], None]] = None,
+) -> None:
+    """Serve NVFlare tasks until the job ends. Call :func:`init_site` (or ``flare.init()``) first.
+
+    Args:
+        train_fn: trains the current weights for the job's local epochs on the training split;
+            gets a :class:`RoundInfo`; returns training metrics (e.g. ``{"loss": 0.3}``) or None.
+        validate_fn: metrics of the current weights on the local VALIDATION split; must contain
+            ``key_metric`` (mean Dice). Run on every received global model before training.
+        evaluate_fn: metrics of the current weights on the local TEST split (cross-site evaluation).
+        get_weights: the model's weights, ``{name: tensor}`` (a state dict).
+        set_weights: load received weights (``{name: tensor}``) into the model. A method that keeps
+            some weights local (FedBN) filters here.
+        n_train_items: number of training items (slices) -- the FedAvg aggregation weight; an int
+            or a callable.
+        key_metric: name of the model-selection metric in ``validate_fn``'s result.
+        site: the :func:`init_site` result (for its TensorBoard writer); created when None.
+        on_task: optional hook ``on_task(task_name, fl_model)`` called for every received task
+            (logging/testing).
+    """
+    import nvflare.client as flare
+    from nvflare.client import FLModel, ParamsType
+
+    if site is None:
+        site = init_site()
+    writer = site.writer
+    local_weights: Optional[Dict[str, Any]] = None  # weights after this site's last local training
+    n_eval = 0
+
+    while True:
+        try:
+            if not flare.is_running():
+                break
+            input_model = flare.receive()
+        except Exception as e:  # the in-process Client API raises on abort
+            logger.warning(f"[{site.site_name}] job aborted/stopped while waiting for a task: {e}")
+            break
+        if input_model is None:
+            break
+        task = flare.get_task_name()
+        if on_task is not None:
+            on_task(task, input_model)
+
+        if flare.is_submit_model():
+            if local_weights is None:
+                logger.warning(
+                    f"[{site.site_name}] submit_model: no local training happened in this run; "
+                    "submitting the current weights"
+                )
+                local_weights = _copy_weights(get_weights())
+            flare.send(FLModel(params=local_weights, params_type=ParamsType.FULL))
+            continue
+
+        if input_model.params:
+            set_weights(input_model.params)
+
+        if flare.is_evaluate():
+            metrics = dict(evaluate_fn())
+            n_eval += 1
+            logger.info(f"[{site.site_name}] cross-site evaluation #{n_eval}: {metrics}")
+            flare.send(FLModel(metrics=metrics))
+            continue
+
+        if not flare.is_train():
+            logger.warning(f"[{site.site_name}] ignoring unknown task {task!r}")
+            flare.send(FLModel(metrics={}))
+            continue
+
+        rnd = int(input_model.current_round or 0)
+        val_metrics = dict(validate_fn())
+        if key_metric not in val_metrics:
+            raise KeyError(f"validate_fn must return '{key_metric}', got {sorted(val_metrics)}")
+        _log_metrics(writer, "val", val_metrics, rnd)
+        logger.info(f"[{site.site_name}] round {rnd}: global model on validation: {val_metrics}")
+
+        info = RoundInfo(
+            current_round=rnd,
+            total_rounds=input_model.total_rounds,
+            site_name=site.site_name,
+            writer=writer,
+            should_stop=_job_should_stop,
+            global_metrics=val_metrics,
+        )
+        train_metrics = train_fn(info)
+        if _job_should_stop():
+            logger.warning(f"[{site.site_name}] job stopped during training of round {rnd}; not sending")
+            break
+        _log_metrics(writer, "train", train_metrics, rnd)
+
+        local_weights = _copy_weights(get_weights())  # kept for submit_model (cross-site evaluation)
+        n_items = n_train_items() if callable(n_train_items) else n_train_items
+        flare.send(
+            FLModel(
+                params=dict(local_weights),  # send() may replace/release the FLModel's params
+                params_type=ParamsType.FULL,
+                metrics=val_metrics,
+                current_round=rnd,
+                meta={NUM_STEPS_KEY: int(n_items)},
+            )
+        )
