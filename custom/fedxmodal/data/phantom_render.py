@@ -35,7 +35,7 @@ _TISSUE_TABLE = [
     ("blood", 40, 250, 6, 50, 900, 0.03),
     ("myocardium", 45, 60, 6, 200, 250, 0.05),
     ("bone_cortex", 850, 0, 80, 20, 25, 0.2),
-    ("marrow", 260, 0, 50, 420, 480, 0.1),
+    ("marrow", 200, 0, 40, 420, 480, 0.1),
     ("disc", 85, 0, 8, 560, 450, 0.05),
     ("csf", 10, 0, 4, 950, 800, 0.03),
     ("cord", 35, 0, 5, 330, 300, 0.05),
@@ -77,6 +77,7 @@ class Canvas:
         self.X, self.Y, self.Z = self.x[:, None, None], self.y[None, :, None], self.z[None, None, :]
         self.tissue = np.zeros(grid.shape, np.uint8)
         self.label = np.zeros(grid.shape, np.uint8)
+        self.coarse: np.ndarray | None = None  # smooth random field (unit sd) shared with the texture
 
     def box(self, lo, hi):
         """Index slices of the voxels whose centres lie in the world box [lo, hi] and their coordinates."""
@@ -92,11 +93,10 @@ class Canvas:
     def paint(self, sl, mask, tissue, label: int = 0, within=None):
         if sl is None:
             return
-        shape = tuple(s.stop - s.start for s in sl)
-        mask = np.broadcast_to(mask, shape)
+        view_t, view_l = self.tissue[sl], self.label[sl]
+        mask = np.broadcast_to(mask, view_t.shape)
         if within is not None:
             mask = mask & within[sl]
-        view_t, view_l = self.tissue[sl], self.label[sl]
         view_t[mask] = tissue[mask] if np.ndim(tissue) else tissue
         view_l[mask] = label
 
@@ -140,8 +140,9 @@ def superq(q, axes, centre=(0.0, 0.0, 0.0), expo: float = 2.0) -> np.ndarray:
     """Normalised superellipsoid radius of local coordinates ``q`` (< 1 inside)."""
     acc = 0.0
     for qi, a, c in zip(q, axes, centre):
-        acc = acc + np.abs((qi - np.float32(c)) / np.float32(a)) ** np.float32(expo)
-    return acc ** np.float32(1.0 / expo)
+        t = (qi - np.float32(c)) * np.float32(1.0 / a)
+        acc = acc + (t * t if expo == 2 else np.abs(t) ** np.float32(expo))
+    return np.sqrt(acc) if expo == 2 else acc ** np.float32(1.0 / expo)
 
 
 def _catmull_rom(pts: np.ndarray, radii: np.ndarray, samples: int):
@@ -150,8 +151,9 @@ def _catmull_rom(pts: np.ndarray, radii: np.ndarray, samples: int):
     for i in range(1, len(p) - 2):
         for t in np.linspace(0, 1, samples + 1)[1:]:
             t2, t3 = t * t, t * t * t
-            out.append(0.5 * (2 * p[i] + (-p[i - 1] + p[i + 1]) * t + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t2
-                              + (-p[i - 1] + 3 * p[i] - 3 * p[i + 1] + p[i + 2]) * t3))
+            a0, a1, a2, a3 = p[i - 1], p[i], p[i + 1], p[i + 2]
+            out.append(0.5 * (2 * a1 + (a2 - a0) * t + (2 * a0 - 5 * a1 + 4 * a2 - a3) * t2
+                              + (3 * a1 - a0 - 3 * a2 + a3) * t3))
     s = np.linspace(0, len(pts) - 1, len(out))
     return np.array(out), np.interp(s, np.arange(len(pts)), radii)
 
@@ -176,20 +178,22 @@ def tube(cv: Canvas, points, radii, samples: int = 6):
 
 def smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
     """Gaussian-filtered white noise rescaled to unit standard deviation (float32)."""
-    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
+    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap", truncate=3.0)
     return f / max(float(f.std()), 1e-6)
 
 
-def _texture(rng, shape) -> np.ndarray:
-    return 0.7 * smooth_noise(rng, shape, (0.8, 0.8, 0.4)) + 0.7 * smooth_noise(rng, shape, (3.0, 3.0, 1.0))
+def _texture(rng, shape, coarse=None) -> np.ndarray:
+    if coarse is None:
+        coarse = smooth_noise(rng, shape, (3.0, 3.0, 1.0))
+    return 0.7 * smooth_noise(rng, shape, (0.8, 0.8, 0.4)) + 0.7 * coarse
 
 
-def render_ct(tissue: np.ndarray, rng: np.random.Generator, contrast: float) -> np.ndarray:
+def render_ct(tissue: np.ndarray, rng: np.random.Generator, contrast: float, coarse=None) -> np.ndarray:
     """CT in Hounsfield units (int16): per-tissue HU (+ ``contrast`` x enhancement, subject offsets),
     texture, partial-volume blur and Gaussian noise (sigma 10-20 HU)."""
     hu = _PROPS[:, 0] + np.float32(contrast) * _PROPS[:, 1] + rng.normal(0, 5, len(_PROPS)).astype(np.float32)
     hu[0] = -1000
-    img = hu[tissue] + _PROPS[:, 2][tissue] * _texture(rng, tissue.shape)
+    img = hu[tissue] + _PROPS[:, 2][tissue] * _texture(rng, tissue.shape, coarse)
     img = ndimage.gaussian_filter(img, (0.6, 0.6, 0.3))
     img += np.float32(rng.uniform(10, 20)) * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
@@ -205,13 +209,13 @@ def bias_field(rng: np.random.Generator, shape, amplitude: float) -> np.ndarray:
     return np.exp(log * np.float32(amplitude / max(float(np.abs(log).max()), 1e-6)))
 
 
-def render_mr(tissue: np.ndarray, rng: np.random.Generator, sequence: str = "t2") -> np.ndarray:
+def render_mr(tissue: np.ndarray, rng: np.random.Generator, sequence: str = "t2", coarse=None) -> np.ndarray:
     """MR magnitude image (int16, arbitrary units >= 0): a non-monotonic tissue mapping relative to CT
     (``"t2"`` T2-like, ``"ssfp"`` bright-blood), texture, a smooth bias field (+-20-30 %), a random
     global gain and Rician noise."""
     col = {"t2": 3, "ssfp": 4}[sequence]
     level = _PROPS[:, col] * rng.uniform(0.9, 1.1, len(_PROPS)).astype(np.float32)
-    img = level[tissue] * (1 + _PROPS[:, 5][tissue] * _texture(rng, tissue.shape))
+    img = level[tissue] * (1 + _PROPS[:, 5][tissue] * _texture(rng, tissue.shape, coarse))
     img = ndimage.gaussian_filter(img, (0.6, 0.6, 0.3))
     gain = np.float32(rng.uniform(0.6, 1.6))
     img *= bias_field(rng, tissue.shape, rng.uniform(0.18, 0.28)) * gain

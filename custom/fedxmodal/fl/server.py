@@ -83,6 +83,9 @@ def _atomic_write_json(obj, dst: str) -> None:
 
 
 class ResumablePTFileModelPersistor(PTFileModelPersistor):
+    # written to the job config even when equal to the default (the exporter omits defaults)
+    _always_serialize_args = ("model", "checkpoint_dir", "resume")
+
     def __init__(
         self,
         model=None,
@@ -116,6 +119,7 @@ class ResumablePTFileModelPersistor(PTFileModelPersistor):
         self._ckpt_dir: Optional[str] = None
         self._best: Optional[Dict] = None  # {"metric": selector's value, "round": r, "raw": value}
         self._resumed_from: Optional[Dict] = None
+        self._num_rounds: Optional[int] = None
 
     # ---------------------------------------------------------------- setup
     def handle_event(self, event: str, fl_ctx: FLContext):
@@ -149,6 +153,7 @@ class ResumablePTFileModelPersistor(PTFileModelPersistor):
 
     # ---------------------------------------------------------------- load
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        self._num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS)  # set by FedAvg.run() before loading
         self._ckpt_dir = self._resolve_ckpt_dir(fl_ctx)
         state = None
         if self._ckpt_dir:
@@ -188,7 +193,7 @@ class ResumablePTFileModelPersistor(PTFileModelPersistor):
         if not state or "last_round" not in state:
             self.log_warning(fl_ctx, f"{ckpt} has no fedxmodal state; starting fresh")
             return None
-        num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS)
+        num_rounds = self._num_rounds
         finished = num_rounds is not None and int(state["last_round"]) >= int(num_rounds) - 1
         if not self.resume or finished:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -207,7 +212,7 @@ class ResumablePTFileModelPersistor(PTFileModelPersistor):
         rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         state = {
             "last_round": int(rnd) if rnd is not None else None,
-            "num_rounds": fl_ctx.get_prop(AppConstants.NUM_ROUNDS),
+            "num_rounds": self._num_rounds,
             "best": self._best,
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -220,6 +225,8 @@ class ResumablePTFileModelPersistor(PTFileModelPersistor):
 
 
 class ResumableIntimeModelSelector(IntimeModelSelector):
+    _always_serialize_args = ("key_metric", "negate_key_metric", "weigh_by_local_iter")
+
     def __init__(
         self,
         weigh_by_local_iter: bool = False,
@@ -249,6 +256,8 @@ class ResumableIntimeModelSelector(IntimeModelSelector):
 
 
 class ResumableFedAvg(FedAvg):
+    _always_serialize_args = ("num_clients", "num_rounds", "persistor_id", "task_check_period")
+
     def __init__(
         self,
         num_clients: int = 2,

@@ -26,6 +26,9 @@ from .ipa import gin_ipa_views, random_blend_mask
 __all__ = ["GINAugment", "GINIPAAugment", "random_blend_mask", "gin_ipa_views"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# 1x1 layers run as one GEMM with a block-diagonal (B*cin, B*cout) weight while B*channels is at
+# most this; the GEMM's cost grows with B^2, so wider folded batches use the grouped conv.
+_GEMM_MAX_WIDTH = 64
 
 
 def _draw_device(generator: Optional[torch.Generator], device: torch.device) -> torch.device:
@@ -146,9 +149,9 @@ class GINAugment(nn.Module):
 
         # Layout: the batch is folded into channels and the image kept as a (pixels, B*ch) matrix.
         # A per-sample conv is then one grouped conv (groups=B) on a channels-last view, and a 1x1
-        # conv one GEMM with a block-diagonal weight: no loop over samples, and several times
-        # faster on CPU than NCHW grouped convs with 1-2 channels per group. The shared variant
-        # uses the same path with its single net repeated B times.
+        # conv (small batches) one GEMM with a block-diagonal weight: no loop over samples, and
+        # several times faster on CPU than NCHW grouped convs with 1-2 channels per group. The
+        # shared variant uses the same path with its single net repeated B times.
         n_pix = 1
         for s in spatial:
             n_pix *= s
@@ -163,7 +166,7 @@ class GINAugment(nn.Module):
                 w = w.expand((b,) + tuple(w.shape[1:]))
                 bias = bias.expand(b, cout)
             bias = bias.reshape(b * cout)
-            if k == 1:
+            if k == 1 and b * max(cin, cout) <= _GEMM_MAX_WIDTH:
                 if eye is None:
                     eye = torch.eye(b, device=dev, dtype=wdt)
                 # Block-diagonal (B*cin, B*cout): entry [(s, i), (t, o)] = w[s, o, i] * [s == t].
@@ -192,7 +195,6 @@ class GINAugment(nn.Module):
         res = torch.empty((b * c, n_pix), device=dev, dtype=wdt)
         torch.mul(out.t(), scale, out=res)  # rescale and transpose back in one pass
         return res.reshape((b, c) + spatial).to(in_dtype)
-
 
 
 class GINIPAAugment(nn.Module):

@@ -151,7 +151,7 @@ def gin_ipa_views(
     """
     kw = {} if generator is None else {"generator": generator}
     x1, x2, x3 = gin(x, **kw), gin(x, **kw), gin(x, **kw)
-    m = mask_fn((x.shape[0],) + tuple(x.shape[2:]), device=x.device, **kw)
+    m = mask_fn((x.shape[0],) + tuple(x.shape[2:]), device=x.device, **kw).to(x.dtype)
     x1p, x2p = blend_views(x1, x2, m)
     if return_mask:
         return x1p, x2p, x3, m

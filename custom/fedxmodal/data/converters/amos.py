@@ -10,8 +10,8 @@ Expected source layout (the extracted ``amos22.zip``; ``src_dir`` may also be it
         imagesTs/amos_0002.nii.gz     (no labels)
 
 Modality: AMOS numbers its cases so that ``amos_0001`` .. ``amos_0500`` are CT and ``amos_0501``
-and above (up to 0600) are MR (500 CT + 100 MR scans; the AMOS paper and the nnU-Net AMOS
-conversion scripts rely on the same rule, the NIfTI headers do not say it). The source's
+and above (up to 0600) are MR (500 CT + 100 MR scans in all; nnU-Net's AMOS conversion
+scripts, Dataset218/219, use the same "id <= 500 is CT" rule; the NIfTI headers do not say it). The source's
 ``dataset.json`` declares ``"modality": {"0": "CT"}`` for everything, so it is not used for this.
 
 Labels: read from the source ``dataset.json`` (15 organs; AMOS spells "arota", "postcava",
@@ -26,8 +26,9 @@ the source and the output share a tree, else absolute); ``link=True`` creates sy
 
 Splits: every labelled case (imagesTr + imagesVa with labelsVa) of a modality is pooled and
 split into training / validation / test by ``val_fraction`` / ``test_fraction`` with ``seed``
-(AMOS's own Tr/Va division is a release artefact, not a protocol; ``official_validation=True``
-keeps imagesVa as the validation split and splits imagesTr into training / test instead).
+(AMOS's own Tr/Va division is a release artefact, not a protocol). ``official_validation=True``
+keeps the labelled imagesVa cases as the validation split instead and splits imagesTr into
+training / test (``test_fraction`` of imagesTr).
 Unlabelled cases (imagesTs, and imagesVa when labelsVa is absent) are skipped unless
 ``include_unlabelled=True``, which lists them in ``test`` without a label (they can then be
 segmented but not scored).

@@ -1,0 +1,162 @@
+"""Preview images of the intensity augmentations for the docs (GIN draws, GIN-IPA views).
+
+    python -m fedxmodal.apps.previews --image ct.nii.gz --out gin_preview.png [--ipa ipa.png]
+
+loads a NIfTI volume, takes its middle axial slice, applies the CT window [-125, 275] HU (``--mr``:
+clip the top 0.5 %) and a z-score, and writes a grid of GIN draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from fedxmodal.transforms.gin import GINAugment, GINIPAAugment
+
+__all__ = ["save_gin_gallery", "save_ipa_gallery", "load_middle_axial_slice"]
+
+
+def _as_image_tensor(image_2d: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    img = torch.as_tensor(np.asarray(image_2d) if not torch.is_tensor(image_2d) else image_2d)
+    img = img.detach().to("cpu", torch.float32)
+    if img.dim() != 2:
+        raise ValueError(f"expected a 2D image (H, W), got shape {tuple(img.shape)}")
+    return img
+
+
+def _figure(tiles, titles, out_png: str, ncols: int, tile_inches: float = 2.4) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nrows = int(np.ceil(len(tiles) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile_inches * ncols, tile_inches * nrows),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, tile, title in zip(axes.ravel(), tiles, titles):
+        # Each tile min-max scaled: GIN outputs have arbitrary sign and offset.
+        ax.imshow(tile, cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def save_gin_gallery(
+    image_2d: Union[np.ndarray, torch.Tensor],
+    out_png: str,
+    n: int = 8,
+    seed: int = 0,
+    ncols: int = 4,
+    include_original: bool = True,
+    gin: Optional[GINAugment] = None,
+) -> str:
+    """Save a grid of GIN draws of one 2D image.
+
+    Args:
+        image_2d: ``(H, W)`` array or tensor (already windowed / normalised).
+        out_png: output path.
+        n: number of tiles; with ``include_original`` the first tile is the input and the other
+            ``n - 1`` are GIN draws, otherwise all ``n`` are draws.
+        seed: seed of the ``torch.Generator`` driving the draws (same seed -> same picture).
+        ncols: tiles per row (n=8, ncols=4 gives 2x4).
+        include_original: show the input as the first tile.
+        gin: the augmentation to preview (default ``GINAugment()``, per-sample nets).
+
+    Returns:
+        ``out_png``.
+    """
+    img = _as_image_tensor(image_2d)
+    gin = gin if gin is not None else GINAugment()
+    n_draws = n - 1 if include_original else n
+    gen = torch.Generator().manual_seed(int(seed))
+    batch = img[None, None].expand(n_draws, 1, *img.shape).contiguous()
+    if gin.shared_across_batch:
+        # One net per call in this variant: call once per draw to show different nets.
+        draws = torch.cat([gin(batch[:1], generator=gen) for _ in range(n_draws)])
+    else:
+        draws = gin(batch, generator=gen)
+    tiles = ([img.numpy()] if include_original else []) + [d[0].numpy() for d in draws]
+    titles = (["input"] if include_original else []) + [f"GIN draw {i + 1}" for i in range(n_draws)]
+    return _figure(tiles, titles, out_png, ncols)
+
+
+def save_ipa_gallery(
+    image_2d: Union[np.ndarray, torch.Tensor],
+    out_png: str,
+    rows: int = 2,
+    seed: int = 0,
+    ipa: Optional[GINIPAAugment] = None,
+) -> str:
+    """Save GIN-IPA examples: per row the input, the blend mask and the views x1', x2', x3.
+
+    Args:
+        image_2d: ``(H, W)`` array or tensor.
+        out_png: output path.
+        rows: number of independent draws (rows).
+        seed: ``torch.Generator`` seed.
+        ipa: the augmentation (default ``GINIPAAugment()``).
+
+    Returns:
+        ``out_png``.
+    """
+    img = _as_image_tensor(image_2d)
+    ipa = ipa if ipa is not None else GINIPAAugment()
+    gen = torch.Generator().manual_seed(int(seed))
+    batch = img[None, None].expand(rows, 1, *img.shape).contiguous()
+    x1p, x2p, x3, m = ipa(batch, generator=gen, return_mask=True)
+    tiles, titles = [], []
+    for r in range(rows):
+        tiles += [img.numpy(), m[r, 0].numpy(), x1p[r, 0].numpy(), x2p[r, 0].numpy(), x3[r, 0].numpy()]
+        titles += ["input", "IPA mask", "x1' (blend)", "x2' (complement)", "x3 (plain GIN)"]
+    return _figure(tiles, titles, out_png, ncols=5)
+
+
+def load_middle_axial_slice(path: str, modality: str = "ct") -> np.ndarray:
+    """Middle axial slice of a NIfTI volume, windowed and z-scored, displayed head-up.
+
+    CT: window [-125, 275] HU; MR: clip the top 0.5 % of intensities. Then z-score over the slice.
+
+    Returns:
+        ``(H, W)`` float32 array.
+    """
+    import nibabel as nib
+
+    vol = nib.as_closest_canonical(nib.load(path))
+    data = np.asarray(vol.dataobj[:, :, vol.shape[2] // 2], dtype=np.float32)
+    if modality == "ct":
+        data = np.clip(data, -125.0, 275.0)
+    else:
+        data = np.minimum(data, np.percentile(data, 99.5))
+    data = (data - data.mean()) / (data.std() + 1e-8)
+    # RAS array (x, y): rotate so anterior is up and patient's right on the image left.
+    return np.ascontiguousarray(np.rot90(data)).astype(np.float32)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", required=True, help="NIfTI volume")
+    ap.add_argument("--out", required=True, help="PNG of GIN draws")
+    ap.add_argument("--ipa", default=None, help="optional PNG of GIN-IPA views")
+    ap.add_argument("--mr", action="store_true", help="MR preprocessing instead of the CT window")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shared", action="store_true", help="batch-shared GIN variant")
+    args = ap.parse_args(argv)
+    img = load_middle_axial_slice(args.image, "mr" if args.mr else "ct")
+    print(save_gin_gallery(img, args.out, n=args.n, seed=args.seed,
+                           gin=GINAugment(shared_across_batch=args.shared)))
+    if args.ipa:
+        print(save_ipa_gallery(img, args.ipa, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
