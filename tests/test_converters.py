@@ -334,7 +334,7 @@ def test_chaos_unlabelled_test_sets(chaos_src, tmp_path):
                        / "dataset.json").read_text())["numTest"] == 1  # skipped by default
     sites = convert_chaos(chaos_src, tmp_path / "b", modalities=["MR"], include_unlabelled=True)
     spec = _assert_valid_site(sites["chaos-mr"], "MR")
-    assert [e for e in spec["test"] if "label" not in e] == [{"image": "images/chaos_mr_test_11.nii.gz"}]
+    assert [e for e in spec["test"] if "label" not in e] == [{"id": "chaos_mr_test_11", "image": "images/chaos_mr_test_11.nii.gz"}]
 
 
 def test_chaos_errors(chaos_src, tmp_path):

@@ -31,10 +31,11 @@ class Case:
     label: Path | None
     split: str
     slices: tuple[int, int] | None = None  # axial slab [start, stop) in the file's own index order
+    id: str | None = None  # optional explicit case id (e.g. TotalSegmentator's every image is ct.nii.gz)
 
     @property
     def case_id(self) -> str:
-        name = self.image.name
+        name = self.id or self.image.name
         for suffix in (".nii.gz", ".nii"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
@@ -107,7 +108,8 @@ class SiteDataset:
                     continue
                 cases[split].append(
                     Case(image=_resolve(root, entry["image"]), label=_resolve(root, label) if label else None,
-                         split=split, slices=tuple(slab) if slab else None)
+                         split=split, slices=tuple(slab) if slab else None,
+                         id=str(entry["id"]) if entry.get("id") is not None else None)
                 )
         if problems:
             raise DataError(path, "; ".join(problems))

@@ -159,7 +159,7 @@ def make_abdomen_subject(rng: np.random.Generator, grid: Grid) -> Canvas:
     a, b, fat = rng.uniform(140, 168), rng.uniform(100, 122), rng.uniform(8, 26)
     z_dome = rng.uniform(62, 72)
     ribs = ([0, 150, 270], [z_dome - 80, z_dome - 115, z_dome - 60])  # costal margin: low laterally
-    tr = _trunk(cv, rng, a, b, fat, rng.uniform(9, 14), 0.3, 2.5, rib_floor=ribs)
+    tr = _trunk(cv, rng, a, b, fat, rng.uniform(9, 14), 0.3, 2.0, rib_floor=ribs)
     cx, cav, front, hw = tr["cx"], tr["cavity"], tr["front"], tr["half_width"]
     y_vb = tr["back"] + rng.uniform(62, 74)
     vb_ax, vb_ay = rng.uniform(19, 24), rng.uniform(14, 18)
@@ -225,7 +225,7 @@ def make_abdomen_subject(rng: np.random.Generator, grid: Grid) -> Canvas:
     # kidneys: posterior, either side of the spine, hilum anteromedial, upper pole medial; right one lower
     for sgn, name in ((1, "kidney_right"), (-1, "kidney_left")):
         z_k = z_kr if sgn == 1 else z_kr + rng.uniform(8, 18)
-        k_c = (cx + sgn * rng.uniform(55, 68), y_vb - rng.uniform(8, 18), z_k)
+        k_c = (cx + sgn * rng.uniform(55, 68), y_vb - rng.uniform(2, 12), z_k)
         k_ax = (rng.uniform(26, 32), rng.uniform(22, 27), rng.uniform(45, 54))
         k_rot = rot(z=-sgn * rng.uniform(20, 35), y=-sgn * rng.uniform(8, 15))
         sl, q, f = _organ(cv, rng, k_c, k_ax, k_rot, T["kidney_cortex"], _ID[name], abd, rel=0.06)

@@ -246,7 +246,7 @@ class SiteWriter:
         }
         spec = {k: v for k, v in spec.items() if v is not None}
         for split in SPLITS:
-            spec[split] = [{"image": c.image, **({"label": c.label} if c.label is not None else {})}
+            spec[split] = [{"id": c.case_id, "image": c.image, **({"label": c.label} if c.label is not None else {})}
                            for c in splits[split]]
         path = self.site_dir / "dataset.json"
         tmp = path.with_suffix(".json.tmp")
