@@ -4,7 +4,9 @@ MONAI's ``LoadImage`` so that every volume arrives as a channel-first ``MetaTens
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -38,6 +40,10 @@ def is_dicom_series(path) -> bool:
     return False
 
 
+# MONAI probes for NVIDIA's nvImageCodec DICOM plugin and warns when it is absent (always, on
+# CPU machines); pydicom's own decoders are what we use, so that message is noise.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 _loaders: dict[str, LoadImage] = {}
 
 

@@ -43,7 +43,6 @@ SITES = {
 }
 TASKS = {"abdomen": 1, "heart": 2}
 _ID = {name: i + 1 for i, name in enumerate(ABDOMEN_STRUCTURES)}  # internal ids = CT numbering
-_U = np.random.Generator.uniform
 
 
 @dataclass

@@ -94,7 +94,7 @@ class VolumePreprocessor:
         self.config = config or PreprocessConfig()
         c = self.config
         geometry = lambda mode: Compose([  # noqa: E731
-            Orientation(axcodes="RAS"),
+            Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacing(pixdim=(c.spacing, c.spacing, -1), mode=mode, padding_mode="border"),
             ResizeWithPadOrCrop(spatial_size=(c.size, c.size, -1), mode="edge"),
         ])
