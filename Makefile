@@ -6,9 +6,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup jobs demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) jobs
+
+# Job folders: meta.json and app/config are committed; app/custom (the fedxmodal package the job
+# carries to the sites) is exported from custom/ whenever the package or a spec changes.
+JOB_SPECS := $(wildcard jobs/specs/*.json)
+JOB_STAMPS := $(patsubst jobs/specs/%.json,jobs/%/app/custom/.exported,$(JOB_SPECS))
+PKG_FILES := $(shell find custom/fedxmodal -name '*.py')
+
+jobs: $(JOB_STAMPS)
+
+jobs/%/app/custom/.exported: jobs/specs/%.json $(PKG_FILES) $(STAMP)
+	$(PY) -m fedxmodal.fl.job $< --export-dir jobs
+	touch $@
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +30,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: setup
 	$(PY) -m fedxmodal demo --workdir demo
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+bench: setup
 	$(PY) benchmarks/bench_fedgin.py
 
 clean:

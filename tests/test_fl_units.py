@@ -154,3 +154,125 @@ def test_persistor_resumes_unfinished_and_sets_finished_runs_aside(tmp_path):
     assert p._find_resumable_state(ctx) is None
     assert len(list((tmp_path / "ckpt").glob("job.done-*"))) == 1
     assert os.listdir(ckpt_dir) == []
+
+
+# ------------------------------------------------------------------ run_client protocol (fake Client API)
+class _FakeFlare:
+    """Just enough of nvflare.client for run_client: a scripted queue of tasks."""
+
+    def __init__(self, tasks):
+        self.queue = list(tasks)  # (task_name, FLModel) or ("ABORT", None)
+        self.current = None
+        self.sent = []
+
+    def is_running(self):
+        if self.current is not None:
+            return True
+        if not self.queue:
+            return False
+        if self.queue[0][0] == "ABORT":
+            raise RuntimeError("request to abort the job")
+        return True
+
+    def receive(self):
+        if self.current is None:
+            self.current = self.queue.pop(0)
+        return self.current[1]
+
+    def send(self, model, clear_cache=True):
+        self.sent.append((self.current[0], model))
+        self.current = None
+
+    def get_task_name(self):
+        return self.current[0]
+
+    def is_train(self):
+        return self.current[0] == "train"
+
+    def is_evaluate(self):
+        return self.current[0] == "validate"
+
+    def is_submit_model(self):
+        return self.current[0] == "submit_model"
+
+
+class _Writer:
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, global_step=None):
+        self.scalars.append((tag, value, global_step))
+
+
+def test_run_client_protocol(monkeypatch):
+    import numpy as np
+    import nvflare.client as flare_module
+    from nvflare.client import FLModel
+
+    from fedxmodal.fl.client_loop import NUM_STEPS_KEY, SiteContext, run_client
+
+    model = torch.nn.Linear(2, 1)
+    w_global = {k: v.detach().clone() + 1 for k, v in model.state_dict().items()}
+    w_other = {k: v.detach().clone() + 5 for k, v in model.state_dict().items()}
+    fake = _FakeFlare([
+        ("submit_model", FLModel(params=None)),  # before any training: sends the current weights
+        ("train", FLModel(params=w_global, current_round=3, total_rounds=10)),
+        ("validate", FLModel(params=w_other)),
+        ("submit_model", FLModel(params=None)),
+        ("ABORT", None),
+    ])
+    for name in ("is_running", "receive", "send", "get_task_name", "is_train", "is_evaluate", "is_submit_model"):
+        monkeypatch.setattr(flare_module, name, getattr(fake, name))
+    calls = []
+
+    def train(info):
+        calls.append(("train", info.current_round, info.total_rounds, info.global_metrics["dice"]))
+        with torch.no_grad():
+            model.weight.add_(0.5)
+        return {"loss": np.float32(0.25)}
+
+    writer = _Writer()
+    run_client(
+        train_fn=train,
+        validate_fn=lambda: {"dice": float(model.weight.detach().sum())},
+        evaluate_fn=lambda: {"dice": torch.tensor(0.5)},
+        get_weights=model.state_dict,
+        set_weights=model.load_state_dict,
+        n_train_items=lambda: 42,
+        site=SiteContext("ct-site", 0, 1, writer=writer),
+    )  # returns cleanly on the abort
+
+    tasks = [t for t, _ in fake.sent]
+    assert tasks == ["submit_model", "train", "validate", "submit_model"]
+    _, trained = fake.sent[1]
+    assert trained.meta[NUM_STEPS_KEY] == 42 and trained.current_round == 3
+    assert trained.metrics["dice"] == pytest.approx(float(w_global["weight"].sum()))  # validated BEFORE training
+    assert torch.allclose(trained.params["weight"], w_global["weight"] + 0.5)
+    assert calls == [("train", 3, 10, pytest.approx(float(w_global["weight"].sum())))]
+    assert fake.sent[2][1].metrics == {"dice": 0.5} and fake.sent[2][1].params is None
+    # submit_model after training sends the LOCAL model, not the last evaluated one
+    assert torch.allclose(fake.sent[3][1].params["weight"], w_global["weight"] + 0.5)
+    assert ("val/dice", pytest.approx(float(w_global["weight"].sum())), 3) in writer.scalars
+    assert ("train/loss", 0.25, 3) in writer.scalars
+
+
+def test_run_client_stops_during_training(monkeypatch):
+    import nvflare.client as flare_module
+    from nvflare.client import FLModel
+
+    from fedxmodal.fl.client_loop import SiteContext, run_client
+
+    model = torch.nn.Linear(2, 1)
+    fake = _FakeFlare([("train", FLModel(params=model.state_dict(), current_round=0))])
+    for name in ("is_running", "receive", "send", "get_task_name", "is_train", "is_evaluate", "is_submit_model"):
+        monkeypatch.setattr(flare_module, name, getattr(fake, name))
+
+    def train(info):
+        fake.current = None  # the job was stopped: the Client API drops the task
+        fake.queue.clear()
+        assert info.should_stop()
+        return None
+
+    run_client(train, lambda: {"dice": 0.0}, lambda: {}, model.state_dict, model.load_state_dict, 1,
+               site=SiteContext("s", 0, 1, writer=None))
+    assert fake.sent == []

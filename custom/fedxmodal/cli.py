@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common_train(s) -> None:
     s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--spacing", type=float, default=3.0, help="in-plane spacing (mm)")
     s.add_argument("--size", type=int, default=128, help="slice size (pixels)")

@@ -46,6 +46,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, nargs="+", default=[2, 10])
     p.add_argument("--task-request-interval", type=float, nargs="+", default=[0.2])
+    p.add_argument("--poll-interval", type=float, nargs="+", default=[0.0],
+                   help="client_poll_interval (0: NVFlare's built-in 0.5 s)")
+    p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--python", default=sys.executable)
     a = p.parse_args()
     sys.path.insert(0, str(REPO / "custom"))
@@ -59,26 +62,28 @@ def main():
                 json.dumps({"name": site, "modality": mod, "toy": {"n_training": n, "n_validation": 16, "n_test": 16}})
             )
         env = dict(os.environ, FEDXMODAL_DATA_ROOT=str(tmp / "data"))
-        for interval in a.task_request_interval:
-            for rounds in a.rounds:
-                spec = load_spec(SPEC)
-                spec.update(name=f"bench{rounds}", num_rounds=rounds, cross_site_eval=False)
-                spec["task_request_interval"] = interval
-                job = export_job(tmp / "jobs", **spec)
-                ws = tmp / f"ws_{rounds}_{interval}"
-                env["FEDXMODAL_CHECKPOINT_DIR"] = str(tmp / f"ckpt_{rounds}_{interval}")
-                cmd = [a.python, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", "2", "-t", "2",
-                       "-c", "ct-site,mr-site"]
-                t0 = time.time()
-                rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-                wall = time.time() - t0
-                t_first, t_r1, t_end = server_times(ws / "server" / "log.txt")
-                print(json.dumps({
-                    "what": "simulator", "rounds": rounds, "task_request_interval": interval, "rc": rc,
-                    "wall_s": round(wall, 2), "to_round1_s": round(t_r1 - t0, 2),
-                    "per_round_s": round((t_end - t_r1) / (rounds - 1), 3),
-                }), flush=True)
-        for rounds in a.rounds:
+        runs = [(i, pi, r) for i in a.task_request_interval for pi in a.poll_interval for r in a.rounds]
+        for interval, poll, rounds in runs:
+            spec = load_spec(SPEC)
+            spec.update(name=f"bench{rounds}", num_rounds=rounds, cross_site_eval=False)
+            spec["task_request_interval"] = interval
+            spec["client_poll_interval"] = poll or None
+            job = export_job(tmp / "jobs", **spec)
+            ws = tmp / f"ws_{rounds}_{interval}_{poll}"
+            env["FEDXMODAL_CHECKPOINT_DIR"] = str(tmp / f"ckpt_{rounds}_{interval}_{poll}")
+            cmd = [a.python, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", "2", "-t", "2",
+                   "-c", "ct-site,mr-site"]
+            t0 = time.time()
+            rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+            wall = time.time() - t0
+            t_first, t_r1, t_end = server_times(ws / "server" / "log.txt")
+            print(json.dumps({
+                "what": "simulator", "rounds": rounds, "task_request_interval": interval,
+                "client_poll_interval": poll or 0.5, "rc": rc,
+                "wall_s": round(wall, 2), "to_round1_s": round(t_r1 - t0, 2),
+                "per_round_s": round((t_end - t_r1) / (rounds - 1), 3),
+            }), flush=True)
+        for rounds in [] if a.skip_plain else a.rounds:
             out = subprocess.run([a.python, str(HERE / "plain_fedavg.py"), "--data-root", str(tmp / "data"),
                                   "--rounds", str(rounds), "--local-epochs", str(spec["client_args"]["local_epochs"])],
                                  capture_output=True, text=True, check=True).stdout

@@ -66,7 +66,8 @@ def main():
         glob = {k: sum(w * st[k] for w, st in zip(weights, states)) / tot for k in glob}
         history.append(sum(w * v for w, v in zip(weights, vals)) / tot)
     wall = time.time() - t0
-    print(json.dumps({"rounds": a.rounds, "wall_s": round(wall, 3), "val_dice_by_round": [round(v, 4) for v in history]}))
+    history = [round(v, 4) for v in history]
+    print(json.dumps({"rounds": a.rounds, "wall_s": round(wall, 3), "val_dice_by_round": history}))
 
 
 if __name__ == "__main__":

@@ -34,8 +34,10 @@ def weights_digest(state) -> str:
 
 
 def main():
-    args = parse_client_args(defaults={"local_epochs": 1, "lr": 0.01, "batch_size": 16, "seed": 0, "num_threads": 1})
-    site = init_site(seed=args["seed"], num_threads=args["num_threads"])
+    args = parse_client_args(
+        defaults={"local_epochs": 1, "lr": 0.01, "batch_size": 8, "seed": 0, "num_threads": 1, "poll_interval": None}
+    )
+    site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
     cfg = resolve_site_config(site.site_name)  # the site's own config, never the job's
     meta, splits = load_toy_site(cfg.data_dir, seed=site.seed)
     model = instantiate(args["model"])

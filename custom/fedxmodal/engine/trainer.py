@@ -42,12 +42,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (GIN paper: Adam lr 3e-4, beta1 0.5, weight decay 3e-5)."""
+    """Optimisation settings. GIN paper: Adam lr 3e-4, beta1 0.5, weight decay 3e-5; we keep
+    beta1 and the decay but default to lr 1e-3, as CPU budgets allow ~10x fewer steps."""
 
     method: str = "gin"
     method_args: dict = field(default_factory=dict)
     batch_size: int = 16
-    lr: float = 3e-4
+    lr: float = 1e-3
     beta1: float = 0.5
     weight_decay: float = 3e-5
     spatial_augment: bool = True

@@ -49,6 +49,7 @@ __all__ = [
     "run_client",
     "seed_everything",
     "set_num_threads",
+    "set_poll_interval",
 ]
 
 
@@ -169,15 +170,44 @@ class SiteContext:
     writer: Any = None  # nvflare.client.tracking.SummaryWriter
 
 
-def init_site(seed: int = 0, num_threads: int = 0, per_site_seed: bool = True) -> SiteContext:
-    """``flare.init()``, then seed (``seed`` + a stable per-site offset) and limit torch threads.
+def set_poll_interval(poll_interval: Optional[float], api_context=None) -> bool:
+    """Make the in-process Client API poll for tasks and results every ``poll_interval`` s.
+
+    NVFlare 2.9 hard-codes 0.5 s (``in_process_backend._RESULT_POLL_INTERVAL``) both for the
+    script waiting for its next task and for the executor waiting for the script's result: about
+    0.5 s of latency per round, negligible for real rounds (minutes), most of a toy round. This
+    sets NVFlare internals, so it is best-effort: returns False (and changes nothing) where they
+    are not as expected (external-process mode, another NVFlare version).
+    """
+    if not poll_interval or poll_interval <= 0:
+        return False
+    try:
+        from nvflare.app_common.executors.client_api import in_process_backend
+        from nvflare.client.in_process.api import InProcessClientAPI
+
+        api = getattr(api_context, "api", None)
+        if not isinstance(api, InProcessClientAPI) or not hasattr(in_process_backend, "_RESULT_POLL_INTERVAL"):
+            return False
+        api.result_check_interval = float(poll_interval)
+        in_process_backend._RESULT_POLL_INTERVAL = float(poll_interval)
+        return True
+    except Exception:  # pragma: no cover - other NVFlare versions
+        return False
+
+
+def init_site(
+    seed: int = 0, num_threads: int = 0, poll_interval: Optional[float] = None, per_site_seed: bool = True
+) -> SiteContext:
+    """``flare.init()``, then seed (``seed`` + a stable per-site offset), limit torch threads and
+    (optionally, see :func:`set_poll_interval`) shorten the Client API's polling.
 
     Call it first in a client script, before building the model or the data loaders.
     """
     import nvflare.client as flare
     from nvflare.client.tracking import SummaryWriter
 
-    flare.init()
+    api_context = flare.init()
+    set_poll_interval(poll_interval, api_context)
     site_name = flare.get_site_name()
     site_seed = seed + (zlib.crc32(site_name.encode()) % 100_000 if per_site_seed else 0)
     seed_everything(site_seed)
@@ -224,6 +254,17 @@ def _copy_weights(weights: Mapping[str, Any]) -> Dict[str, Any]:
         elif hasattr(v, "copy"):
             v = v.copy()
         out[k] = v
+    return out
+
+
+def _plain_metrics(metrics: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """numpy / 0-d torch scalars -> python numbers (NVFlare writes metrics to JSON)."""
+    out = {}
+    for k, v in dict(metrics or {}).items():
+        size = v.numel() if callable(getattr(v, "numel", None)) else getattr(v, "size", None)
+        if hasattr(v, "item") and size == 1:
+            v = v.item()
+        out[str(k)] = v
     return out
 
 
@@ -302,7 +343,7 @@ def run_client(
             set_weights(input_model.params)
 
         if flare.is_evaluate():
-            metrics = dict(evaluate_fn())
+            metrics = _plain_metrics(evaluate_fn())
             n_eval += 1
             logger.info(f"[{site.site_name}] cross-site evaluation #{n_eval}: {metrics}")
             flare.send(FLModel(metrics=metrics))
@@ -314,7 +355,7 @@ def run_client(
             continue
 
         rnd = int(input_model.current_round or 0)
-        val_metrics = dict(validate_fn())
+        val_metrics = _plain_metrics(validate_fn())
         if key_metric not in val_metrics:
             raise KeyError(f"validate_fn must return '{key_metric}', got {sorted(val_metrics)}")
         _log_metrics(writer, "val", val_metrics, rnd)
@@ -328,7 +369,7 @@ def run_client(
             should_stop=_job_should_stop,
             global_metrics=val_metrics,
         )
-        train_metrics = train_fn(info)
+        train_metrics = _plain_metrics(train_fn(info))
         if _job_should_stop():
             logger.warning(f"[{site.site_name}] job stopped during training of round {rnd}; not sending")
             break

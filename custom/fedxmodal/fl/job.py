@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,6 @@ import fedxmodal
 from fedxmodal.fl.client_loop import format_client_args
 
 PACKAGE_DIR = Path(fedxmodal.__file__).resolve().parent
-IGNORED_NAMES = ("__pycache__", "*.pyc", "*.pyo", ".DS_Store", "*.egg-info")
 
 __all__ = ["build_job", "compare_job_dirs", "export_job", "export_from_spec", "load_spec", "main"]
 
@@ -56,6 +54,7 @@ def build_job(
     client_args: Optional[Mapping[str, Any]] = None,
     num_rounds: int = 2,
     min_clients: int = 2,
+    clients_per_round: Optional[int] = None,
     key_metric: str = "dice",
     selection_weigh_by_train_items: bool = True,
     params_transfer_type: str = "FULL",
@@ -64,21 +63,26 @@ def build_job(
     cross_site_eval: bool = True,
     task_request_interval: float = 0.2,
     task_check_period: float = 0.1,
+    client_poll_interval: Optional[float] = 0.05,
     extra_files: Sequence[str] = (),
     package_dir: Optional[str] = None,
     launch_external_process: bool = False,
+    external_command: str = "python3 -u",
 ):
     """Build the FedJob (not yet written anywhere; see :func:`export_job`).
 
     Args:
         name: job name (meta.json ``name``; also the checkpoint sub-folder used for resume).
-        client_script: path of the site's Client API script; copied to ``app/custom/<basename>``.
+        client_script: path of the site's Client API script. A script inside the shipped package
+            runs from there (``app/custom/fedxmodal/.../script.py``); any other is copied to
+            ``app/custom/<basename>``.
         model: ``{"path": "pkg.module.Class", "args": {...}}`` -- built by the server for the
             initial weights (its class must be importable from the job's custom code) and passed
             to the sites as ``--model``.
         client_args: the site-side knobs (local epochs, seed, structures, ...), passed to the
             script as ``--key=value``; ``model`` and ``key_metric`` are added.
-        num_rounds: total FL rounds. min_clients: sites required (and sampled) per round.
+        num_rounds: total FL rounds. min_clients: sites required to start the job.
+        clients_per_round: sites sampled (at random) each round; None: all connected sites.
         key_metric: validation metric that selects the best global model (higher is better).
         selection_weigh_by_train_items: average the sites' validation metric weighted by their
             number of training items (like FedAvg's weights) instead of one vote per site.
@@ -91,11 +95,15 @@ def build_job(
         task_request_interval: how long (s) the server tells an idle site to wait before asking
             for a task again (NVFlare's default 2 s costs ~2 s per round).
         task_check_period: how often (s) the server controllers check their tasks (default 0.5).
+        client_poll_interval: passed to the sites as ``--poll_interval`` for
+            :func:`fedxmodal.fl.client_loop.init_site` (NVFlare's in-process Client API polls every
+            0.5 s otherwise); None to leave NVFlare's default.
         extra_files: more files/folders copied into ``app/custom/`` (e.g. modules the client
             script imports that are not in the package).
         package_dir: the ``fedxmodal`` package folder to ship (default: the imported one).
-        launch_external_process: run the script in its own process (``python3 -u
-            custom/<script>``) instead of inside the NVFlare client process.
+        launch_external_process: run the script in its own process (``<external_command>
+            custom/<script>``, the site's ``python3`` by default) instead of inside the NVFlare
+            client process (the default: faster, no extra process).
     """
     from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
     from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
@@ -113,9 +121,15 @@ def build_job(
     script = Path(client_script)
     if not script.is_file():
         raise FileNotFoundError(f"client script {script} not found")
-    package = Path(package_dir) if package_dir else PACKAGE_DIR
+    package = Path(package_dir).resolve() if package_dir else PACKAGE_DIR
     if not (package / "__init__.py").is_file():
         raise FileNotFoundError(f"{package} is not a python package")
+    if script.resolve().is_relative_to(package):  # shipped with the package: run it in place
+        script_in_job = (Path(package.name) / script.resolve().relative_to(package)).as_posix()
+        copies = list(extra_files)
+    else:
+        script_in_job = script.name
+        copies = [str(script), *extra_files]
 
     job = BaseFedJob(
         name=name,
@@ -132,7 +146,7 @@ def build_job(
     )
     job.to_server(
         ResumableFedAvg(
-            num_clients=min_clients,
+            num_clients=clients_per_round,
             num_rounds=num_rounds,
             persistor_id="persistor",
             task_check_period=float(task_check_period),
@@ -148,7 +162,7 @@ def build_job(
     job.to_server({"server": {"task_request_interval": float(task_request_interval)}})
 
     # ---- sites
-    args = {"model": model, "key_metric": key_metric}
+    args = {"model": model, "key_metric": key_metric, "poll_interval": client_poll_interval}
     args.update(client_args or {})
     script_args = format_client_args(args)
     common = dict(
@@ -157,19 +171,18 @@ def build_job(
         params_transfer_type=TransferType(params_transfer_type.upper()),
     )
     if launch_external_process:
-        executor = ClientAPIExecutor(
-            execution_mode="external_process", command=f"python3 -u custom/{script.name} {script_args}", **common
-        )
+        command = f"{external_command} custom/{script_in_job} {script_args}"
+        executor = ClientAPIExecutor(execution_mode="external_process", command=command, **common)
     else:
         executor = ClientAPIExecutor(
-            execution_mode="in_process", task_script_path=script.name, task_script_args=script_args, **common
+            execution_mode="in_process", task_script_path=script_in_job, task_script_args=script_args, **common
         )
     job.to_clients(executor, tasks=["*"])
 
     # ---- code shipped with the job (one app folder for server and sites)
     job.to_server(FileSource(str(package), dest_dir=package.name))
     job.to_clients(FileSource(str(package), dest_dir=package.name))
-    for f in [str(script), *extra_files]:
+    for f in copies:
         job.to_clients(FileSource(f))
         job.to_server(FileSource(f))
     return job
@@ -195,7 +208,6 @@ def export_job(job_root: str, name: str, client_script: str, model: Mapping[str,
         job.export_job(tmp)
         out = Path(tmp) / name
         _clean(out)
-        _normalise_configs(out)
         dest = job_root / name
         if dest.exists():
             if not (dest / "meta.json").is_file():
@@ -203,13 +215,6 @@ def export_job(job_root: str, name: str, client_script: str, model: Mapping[str,
             shutil.rmtree(dest)
         shutil.move(str(out), str(dest))
     return dest
-
-
-def _normalise_configs(job_dir: Path) -> None:
-    """Stable JSON formatting (sorted keys) so regenerated folders diff cleanly."""
-    for cfg in list(job_dir.glob("*.json")) + list(job_dir.glob("*/config/*.json")):
-        data = json.loads(cfg.read_text())
-        cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_spec(path: str) -> Dict[str, Any]:

@@ -260,7 +260,7 @@ class ResumableFedAvg(FedAvg):
 
     def __init__(
         self,
-        num_clients: int = 2,
+        num_clients: Optional[int] = None,
         num_rounds: int = 5,
         persistor_id: str = AppConstants.DEFAULT_PERSISTOR_ID,
         task_check_period: float = 0.5,
@@ -272,7 +272,7 @@ class ResumableFedAvg(FedAvg):
         that continues an interrupted run from the persistor's checkpoint (see module doc).
 
         Args:
-            num_clients: sites sampled per round (the job's min_clients).
+            num_clients: sites sampled per round; None: every connected site, every round.
             num_rounds: TOTAL number of rounds of the job (a resumed run runs only those left).
             persistor_id: id of the (Resumable)PTFileModelPersistor component.
             task_check_period: how often the controller checks its tasks (s); lower = less latency.
