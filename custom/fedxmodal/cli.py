@@ -75,13 +75,13 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data.slices import SiteSlices
-    from .engine.trainer import SegmentationEngine
+    from .fl.models import load_model
     from .metrics.report import cross_modality_matrix, write_evaluation
 
     out = Path(args.out)
     matrix = {}
     for ckpt in args.model:
-        engine = SegmentationEngine.from_checkpoint(ckpt, device=args.device)
+        engine = load_model(ckpt, args.job, device=args.device)
         evals = [engine.evaluate(SiteSlices(s, engine.structures, engine.preprocess), args.split, hd95=args.hd95,
                                  progress=True) for s in args.site_dirs]
         name = Path(ckpt).stem if len(args.model) > 1 else "evaluation"
@@ -98,7 +98,8 @@ def cmd_evaluate(args) -> int:
 def cmd_segment(args) -> int:
     from .apps.segment import segment_file
 
-    segment_file(args.image, args.model, args.out, modality=args.modality, overlay=args.overlay, device=args.device)
+    segment_file(args.image, args.model, args.out, modality=args.modality, overlay=args.overlay, device=args.device,
+                 job_dir=args.job)
     print(f"mask: {args.out}" + (f", overlay: {args.overlay}" if args.overlay else ""))
     return 0
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--out", default="evaluation")
     s.add_argument("--hd95", action="store_true")
+    s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
 
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="mask path (.nii.gz)")
     s.add_argument("--modality", choices=("CT", "MR"), help="default: the DICOM tag, else guessed from intensities")
     s.add_argument("--overlay", help="also write a PNG overlay of the mask on the image")
+    s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_segment)
 

@@ -9,7 +9,7 @@ import numpy as np
 from ..data.contract import Case
 from ..data.io import is_dicom_series, load_volume, save_nifti
 from ..data.preprocess import VolumePreprocessor
-from ..engine.trainer import SegmentationEngine
+from ..fl.models import load_model
 
 
 def guess_modality(image_path) -> tuple[str, str]:
@@ -32,10 +32,10 @@ def guess_modality(image_path) -> tuple[str, str]:
 
 
 def segment_file(image, model, out, modality: str | None = None, overlay: str | None = None,
-                 device: str = "auto") -> np.ndarray:
-    """Segment ``image`` with checkpoint ``model``; write ``out`` (uint8 class indices, the
-    input's grid and affine). Returns the (X, Y, Z) mask."""
-    engine = SegmentationEngine.from_checkpoint(model, device=device)
+                 device: str = "auto", job_dir=None) -> np.ndarray:
+    """Segment ``image`` with checkpoint ``model`` (an NVFlare global model with ``job_dir``);
+    write ``out`` (uint8 class indices, the input's grid and affine). Returns the (X, Y, Z) mask."""
+    engine = load_model(model, job_dir, device=device)
     if modality is None:
         modality, why = guess_modality(image)
         print(f"modality {modality} ({why}); pass --modality to override")

@@ -203,7 +203,9 @@ class SegmentationEngine:
             raise FileNotFoundError(f"{path}: model checkpoint not found")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a fedxmodal checkpoint (expected format {CHECKPOINT_FORMAT})")
+            hint = (" (an NVFlare global model: pass the job folder too, e.g. --job jobs/fedgin)"
+                    if isinstance(ckpt, dict) and "model" in ckpt else "")
+            raise ValueError(f"{path}: not a fedxmodal checkpoint (expected format {CHECKPOINT_FORMAT}){hint}")
         engine = cls(ckpt["structures"], network=UNetConfig.from_dict(ckpt["network"]),
                      train=TrainConfig.from_dict({**ckpt.get("train", {}), **overrides}),
                      preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), device=device)
