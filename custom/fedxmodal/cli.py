@@ -58,7 +58,8 @@ def cmd_convert(args) -> int:
 def _train_config(args):
     from .engine.trainer import TrainConfig
 
-    return TrainConfig(method=args.method, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    return TrainConfig(method=args.method, method_args=json.loads(args.method_args), batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed)
 
 
 def cmd_train(args) -> int:
@@ -104,6 +105,17 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_totalseg_pair(args) -> int:
+    from .data.sites import TOTALSEG_ABDOMEN_LABELS, write_slab_site
+
+    src = Path(args.src)
+    for site, mod, sub in (("ct-site", "CT", "ct"), ("mr-site", "MR", "mr")):
+        d = write_slab_site(src / sub / f"{sub}.nii.gz", src / sub / "seg.nii.gz", Path(args.out) / site, mod,
+                            TOTALSEG_ABDOMEN_LABELS, name=site)
+        print(f"{site}: {d} ({json.loads((d / 'dataset.json').read_text())['description']})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .apps.demo import run_demo
 
@@ -145,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--method", default="gin", help="none | gin | gin_ipa")
+    s.add_argument("--method-args", default="{}", help='JSON, e.g. \'{"shared_across_batch": true}\' (FedGIN\'s GIN)')
     _add_common_train(s)
     _add_task(s)
     s.set_defaults(func=cmd_train)
@@ -174,7 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=None)
     s.add_argument("--quick", action="store_true", help="tiny settings (CI smoke run)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data", help="use these site folders (DATA/ct-site, DATA/mr-site) instead of the phantom")
+    s.add_argument("--local-epochs", type=int, default=None)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("totalseg-pair", help="site folders over the real TotalSegmentator CT/MR pair "
+                                             "(each volume split into disjoint axial slabs)")
+    s.add_argument("--src", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "totalseg-ct-mr"))
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_totalseg_pair)
     return p
 
 

@@ -34,10 +34,10 @@ def plot_learning_curves(scalars: dict, out_png, title: str = "learning curves")
         loss_tag = "train/loss" if "train/loss" in tags else None
         if loss_tag:
             steps, vals = zip(*tags[loss_tag])
-            ax_l.plot(steps, vals, label=site, alpha=0.8)
+            ax_l.plot([s + 1 for s in steps], vals, label=site, alpha=0.8)
     ax_d.set(xlabel="round (global model received)", ylabel="validation mean 3D Dice", title="global model on each site",
              ylim=(0, 1))
-    ax_l.set(xlabel="step / round", ylabel="training loss", title="local training loss")
+    ax_l.set(xlabel="round", ylabel="mean training loss", title="local training loss per round")
     for ax in (ax_d, ax_l):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -23,7 +23,7 @@ from .curves import plot_learning_curves, read_tb_scalars
 
 REPO = Path(__file__).resolve().parents[3]
 SITES = ("ct-site", "mr-site")
-QUICK = {"num_rounds": 2, "local_epochs": 1, "n_train": 2, "n_val": 1, "n_test": 1}
+QUICK = {"num_rounds": 2, "local_epochs": 3, "n_train": 2, "n_val": 1, "n_test": 1}
 
 
 def run_simulator(job_dir: Path, workspace: Path, env: dict, log_path: Path, n_rounds: int,
@@ -53,7 +53,8 @@ def run_simulator(job_dir: Path, workspace: Path, env: dict, log_path: Path, n_r
 
 def run_demo(args) -> int:
     work = Path(args.workdir).resolve()
-    data, results = work / "data", work / "results"
+    data = Path(args.data).resolve() if getattr(args, "data", None) else work / "data"
+    results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
     spec = load_spec(REPO / "jobs" / "specs" / "fedgin.json")
     sizes = {}
@@ -62,11 +63,16 @@ def run_demo(args) -> int:
         sizes = {k: QUICK[k] for k in ("n_train", "n_val", "n_test")}
     if args.rounds:
         spec["num_rounds"] = args.rounds
+    if getattr(args, "local_epochs", None):
+        spec["client_args"]["local_epochs"] = args.local_epochs
     spec["client_args"]["seed"] = args.seed
     t_start = time.perf_counter()
 
-    print(f"[1/4] phantom federation in {data}", flush=True)
+    print(f"[1/4] sites in {data}", flush=True)
     if not all((data / s / "dataset.json").is_file() for s in SITES):
+        if getattr(args, "data", None):
+            print(f"error: --data {data} must hold {' and '.join(SITES)} site folders", file=sys.stderr)
+            return 2
         write_phantom_federation(data, seed=args.seed, task="abdomen", **sizes)
     for s in SITES:
         report = check_site(data / s, spec["client_args"]["structures"])
@@ -106,7 +112,7 @@ def run_demo(args) -> int:
     summary["curves"] = scalars
     plot_learning_curves(scalars, results / "fedgin_curve.png", title="FedGIN (nvflare simulator)")
     table = dice_table(rows, spec["client_args"]["structures"])
-    md = (f"# FedGIN demo\n\nPhantom federation (seed {args.seed}), {spec['num_rounds']} rounds x "
+    md = (f"# FedGIN demo\n\nSites {data} (seed {args.seed}), {spec['num_rounds']} rounds x "
           f"{spec['client_args']['local_epochs']} local epoch(s), sites {', '.join(SITES)}; "
           f"simulator wall time {wall:.0f} s.\n3D Dice on each site's test volumes:\n\n{table}\n"
           "Per-volume tables: fedgin_final.md, fedgin_best.md. Learning curve: fedgin_curve.png.\n")

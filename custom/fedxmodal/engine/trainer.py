@@ -131,9 +131,9 @@ class SegmentationEngine:
                 steps += 1
                 self.global_step += 1
                 if self.writer is not None and self.global_step % 10 == 0:
-                    self.writer.add_scalar("train/loss", losses[-1], self.global_step)
+                    self.writer.add_scalar("step/loss", losses[-1], self.global_step)
                     for k, v in logs.items():
-                        self.writer.add_scalar(f"train/{k}", v, self.global_step)
+                        self.writer.add_scalar(f"step/{k}", v, self.global_step)
             self.epochs_done += 1
         return self._fit_summary(losses, n, steps, t0)
 

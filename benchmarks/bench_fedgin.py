@@ -1,0 +1,579 @@
+"""FedGIN benchmark: what the engine, GIN and NVFlare cost on this machine (figures, not a test).
+
+    .venv/bin/python benchmarks/bench_fedgin.py --quick            # ~2 min
+    .venv/bin/python benchmarks/bench_fedgin.py [--out bench.json] # a few minutes
+
+Everything is measured in ONE run, on a tiny procedural phantom federation written into a temp
+dir (``write_phantom_federation(n_train=2, n_val=1, n_test=1)``: ct-site 60, mr-site 51
+foreground training slices of 128x128 with the job's preprocessing):
+
+1. Engine overhead -- training throughput (slices/s) of ``SegmentationEngine.fit`` (method "gin"
+   with the FedGIN job's settings, and "none") vs a bare PyTorch loop over the same U-Net
+   (``build_unet`` with the same ``UNetConfig``), the same in-memory ct-site slices, batch size,
+   GIN module, DiceCE loss and Adam settings (randperm batches -> GIN -> forward -> loss ->
+   backward -> step). The engine is measured with ``spatial_augment=False`` (apples to apples)
+   and with its default (spatial augmentation on). Variants are interleaved (A B C ... A B C ...,
+   order rotated every repetition), medians reported. torch threads: ``--threads``.
+2. GIN's share of a training step -- median time of the GIN forward alone vs the whole bare step,
+   per-sample nets and batch-shared net (the FedGIN job's variant), interleaved step by step.
+3. NVFlare overhead at 2 sites -- wall time of a real ``nvflare simulator`` run (``-n 2 -t 2``)
+   of the FedGIN job exported from ``jobs/specs/fedgin.json`` with ``num_rounds=R``,
+   ``local_epochs=1``, everything else as committed (cross-site evaluation on, 1 torch thread per
+   site) vs the same rounds run as plain loops in a fresh Python process (both sites'
+   engines: per round validation of the global model + 1 epoch + in-process FedAvg of the state
+   dicts, sites in sequence, 1 torch thread), reported as the sequential time and as the
+   "parallel-equivalent" time (per round, the slower site; the simulator runs the 2 sites in
+   parallel on 2 cores). The simulator's wall time is split from its logs into startup, rounds,
+   cross-site evaluation and teardown; the plain process reports the same phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import zlib
+from datetime import datetime
+from pathlib import Path
+
+_CHILD_T0 = time.time()  # process start (stdlib imports only so far); used by --plain-child
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "jobs" / "specs" / "fedgin.json"
+SITES = ("ct-site", "mr-site")
+_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+# float(loss) on a tensor that requires grad warns once per process in torch 2.13; not our figure.
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def job_settings():
+    """The committed FedGIN spec and what the engine needs from it."""
+    from fedxmodal.fl.job import load_spec
+
+    spec = load_spec(str(SPEC))
+    ca = spec["client_args"]
+    network = {k: v for k, v in spec["model"]["args"].items() if k != "n_structures"}
+    return spec, tuple(ca["structures"]), network, dict(ca.get("train", {})), dict(ca.get("preprocess", {}))
+
+
+# ============================================================== 1 + 2: engine vs bare loop, GIN
+def load_site_slices(data_dir: Path, structures, preprocess: dict):
+    from fedxmodal.data.preprocess import PreprocessConfig
+    from fedxmodal.data.slices import SiteSlices
+
+    data = SiteSlices(data_dir, structures, PreprocessConfig.from_dict(preprocess), progress=False)
+    return data.slices("training", foreground_only=True)
+
+
+class BareLoop:
+    """The training step without the engine: randperm batches, GIN, forward, DiceCE, backward, Adam."""
+
+    def __init__(self, structures, network: dict, train: dict, gin_args: dict | None, seed: int = 0):
+        import torch
+
+        from fedxmodal.losses.segmentation import build_segmentation_loss
+        from fedxmodal.networks.unet import UNetConfig, build_unet
+        from fedxmodal.transforms.gin import GINAugment
+
+        torch.manual_seed(seed)
+        self.model = build_unet(len(structures), UNetConfig.from_dict(network))
+        self.gin = GINAugment(**gin_args) if gin_args is not None else None
+        self.loss_fn = build_segmentation_loss()
+        self.batch_size = int(train.get("batch_size", 16))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=float(train.get("lr", 1e-3)),
+                                    betas=(float(train.get("beta1", 0.5)), 0.999),
+                                    weight_decay=float(train.get("weight_decay", 3e-5)))
+
+    def batches(self, n):
+        import torch
+
+        order = torch.randperm(n)
+        bs = self.batch_size
+        return [order[i:i + bs] for i in range(0, n, bs) if len(order[i:i + bs]) > 1]
+
+    def step(self, images, labels, idx, timings=None):
+        import torch
+
+        t0 = time.perf_counter()
+        x, y = images[idx], labels[idx].long()
+        if self.gin is not None:
+            x = self.gin(x)
+        t1 = time.perf_counter()
+        loss = self.loss_fn(self.model(x), y[:, None])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        value = float(loss.detach())
+        if timings is not None:
+            timings.append((t1 - t0, time.perf_counter() - t0))
+        if not torch.isfinite(torch.tensor(value)):
+            raise FloatingPointError("non-finite loss")
+        return value
+
+    def fit(self, images, labels, epochs=1):
+        self.model.train()
+        for _ in range(epochs):
+            for idx in self.batches(images.shape[0]):
+                self.step(images, labels, idx)
+
+
+def bench_engine(images, labels, structures, network, train, threads, reps, epochs_per_rep, seed=0):
+    """Interleaved repetitions of 5 variants; returns {variant: [slices/s per rep]}."""
+    import torch
+
+    from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig
+    from fedxmodal.networks.unet import UNetConfig
+
+    torch.set_num_threads(threads)
+    gin_args = dict(train.get("method_args", {}))  # the FedGIN job's GIN settings (batch-shared net)
+
+    def engine(method, spatial):
+        torch.manual_seed(seed)
+        tc = TrainConfig.from_dict({**train, "method": method, "method_args": gin_args if method == "gin" else {},
+                                    "spatial_augment": spatial, "seed": seed})
+        eng = SegmentationEngine(structures, UNetConfig.from_dict(network), tc, device="cpu")
+        return lambda: eng.fit(images, labels, epochs=epochs_per_rep, progress=False)
+
+    def bare(with_gin):
+        loop = BareLoop(structures, network, train, gin_args if with_gin else None, seed=seed)
+        return lambda: loop.fit(images, labels, epochs=epochs_per_rep)
+
+    variants = {
+        "bare_gin": bare(True),
+        "engine_gin_nospatial": engine("gin", False),
+        "engine_gin_default": engine("gin", True),
+        "bare_none": bare(False),
+        "engine_none_nospatial": engine("none", False),
+    }
+    n_slices = images.shape[0] * epochs_per_rep
+    for fn in variants.values():  # warm-up (first optimizer use, allocator), not counted
+        fn()
+    results = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            variants[name]()
+            results[name].append(n_slices / (time.perf_counter() - t0))
+        say(f"  threads={threads} rep {r + 1}/{reps}: " + ", ".join(
+            f"{k} {results[k][-1]:.1f}" for k in names) + " slices/s")
+    return results
+
+
+def bench_gin_share(images, labels, structures, network, train, threads, steps, seed=0):
+    """Per-step (GIN s, step s) for the per-sample and the batch-shared GIN, interleaved."""
+    import torch
+
+    torch.set_num_threads(threads)
+    base = {k: v for k, v in train.get("method_args", {}).items() if k != "shared_across_batch"}
+    loops = {name: BareLoop(structures, network, train, {**base, "shared_across_batch": shared}, seed=seed)
+             for name, shared in (("per_sample", False), ("shared", True))}
+    timings = {k: [] for k in loops}
+    n = images.shape[0]
+    bs = int(train.get("batch_size", 16))
+    for lp in loops.values():
+        lp.model.train()
+        for _ in range(2):  # warm-up
+            lp.step(images, labels, torch.randperm(n)[:bs])
+    for _ in range(steps):
+        idx = torch.randperm(n)[:bs]
+        for name, lp in loops.items():
+            lp.step(images, labels, idx, timings[name])
+    return timings
+
+
+# ============================================================== 3: NVFlare simulator vs plain loops
+def _ts(line: str):
+    m = _TS.match(line)
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if m else None
+
+
+def _log_events(path: Path, patterns: dict) -> dict:
+    """{name: [timestamps of the lines matching the regex (or of the last timestamped line before
+    it: NVFlare prints banners such as "Round 1 started." on untimed lines)]}."""
+    out = {k: [] for k in patterns}
+    regexes = {k: re.compile(v) for k, v in patterns.items()}
+    prev = None
+    for line in path.read_text(errors="replace").splitlines():
+        t = _ts(line)
+        if t is not None:
+            prev = t
+        for name, rx in regexes.items():
+            if prev is not None and rx.search(line):
+                out[name].append(prev)
+    return out
+
+
+def parse_simulator_logs(ws: Path, t0: float, t_exit: float, rounds: int) -> dict:
+    srv = _log_events(ws / "server" / "log.txt", {
+        "round": r"Round \d+ started\.", "fedavg_done": r"Finished FedAvg", "cse_done": r"ABOUT_TO_END_RUN fired",
+    })
+    rstarts = srv["round"]  # "Round r started." banners, in order
+    site_init, site_ready = [], []
+    for site in SITES:
+        ev = _log_events(ws / site / "log.txt", {"init": re.escape(f"[{site}] seed="), "ready": r"training slices"})
+        site_init.append(ev["init"][0])
+        site_ready.append(ev["ready"][0])
+    t_server_up = rstarts[0]  # server ready, round 0 scheduled
+    t_ready = max(site_ready)
+    t_fedavg = srv["fedavg_done"][-1]
+    t_cse = srv["cse_done"][-1] if srv["cse_done"] else t_fedavg
+    steady = (t_fedavg - rstarts[1]) / (rounds - 1) if rounds > 1 and len(rstarts) > 1 else float("nan")
+    return {
+        "wall_s": t_exit - t0,
+        "startup_s": t_ready - t0,  # launch -> both sites loaded their data and built the engine
+        "startup_server_s": t_server_up - t0,  # CLI start, server up, job deployed, round 0 scheduled
+        "startup_site_imports_s": max(site_init) - t_server_up,  # client processes spawned, imports, flare.init
+        "startup_site_data_s": t_ready - max(site_init),  # data preparation + engine build at the sites
+        "rounds_s": t_fedavg - t_ready,  # all R rounds (site ready -> FedAvg finished)
+        "round0_s": rstarts[1] - t_ready if len(rstarts) > 1 else t_fedavg - t_ready,
+        "per_round_steady_s": steady,  # mean of rounds 1..R-1 (server: round start -> next round start)
+        "cse_s": t_cse - t_fedavg,
+        "teardown_s": t_exit - t_cse,
+    }
+
+
+def run_simulator(tmp: Path, rep: int, rounds: int, data_root: Path, timeout: int) -> dict:
+    from fedxmodal.fl.job import export_job, load_spec
+
+    spec = load_spec(str(SPEC))
+    spec["num_rounds"] = rounds
+    spec["client_args"] = {**spec["client_args"], "local_epochs": 1}
+    job = export_job(tmp / f"jobs{rep}", **spec)
+    ws = tmp / f"ws{rep}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
+    env.update(FEDXMODAL_DATA_ROOT=str(data_root), FEDXMODAL_CHECKPOINT_DIR=str(tmp / f"ckpt{rep}"))
+    nvflare = Path(sys.executable).parent / "nvflare"
+    cmd = [str(nvflare)] if nvflare.exists() else [sys.executable, "-m", "nvflare.cli"]
+    cmd += ["simulator", str(job), "-w", str(ws), "-n", "2", "-t", "2", "-c", ",".join(SITES)]
+    log = tmp / f"simulator{rep}.out.txt"
+    cpu0, t0 = children_cpu_s(), time.time()
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, env=env, cwd=tmp, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    t_exit, cpu = time.time(), children_cpu_s() - cpu0
+    cse = ws / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
+    if rc != 0 or not cse.is_file():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise RuntimeError(f"nvflare simulator failed (rc={rc}, cross-site results: {cse.is_file()}):\n{tail}")
+    out = parse_simulator_logs(ws, t0, t_exit, rounds)
+    out["cpu_s"] = cpu  # user+system CPU of the simulator and all its processes
+    out["cse_results"] = sum(len(v) for v in json.loads(cse.read_text()).values())
+    return out
+
+
+def run_plain(tmp: Path, rounds: int, data_root: Path, timeout: int) -> dict:
+    """The same rounds without NVFlare, in a fresh Python process (so imports count, as in the sites)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-child", str(data_root), "--rounds", str(rounds)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
+    cpu0, t0 = children_cpu_s(), time.time()
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+    t_exit, cpu = time.time(), children_cpu_s() - cpu0
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain loop failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["wall_s"] = t_exit - t0
+    res["cpu_s"] = cpu
+    res["startup_s"] = res.pop("t_ready") - t0  # launch -> data loaded, engines built (like the sites)
+    return res
+
+
+def plain_child(data_root: str, rounds: int) -> None:
+    """Child process of run_plain: R rounds of (validate global, 1 epoch, FedAvg) for both sites in
+    sequence, then the cross-site evaluation's work (each site: 4 models on its test split)."""
+    import torch
+
+    from fedxmodal.data.preprocess import PreprocessConfig
+    from fedxmodal.data.slices import SiteSlices
+    from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig, seed_everything
+    from fedxmodal.fl.client_loop import instantiate
+    from fedxmodal.fl.segmentation_site import aggregate_metrics
+    from fedxmodal.networks.unet import UNetConfig
+
+    t_imports = time.time()
+    spec, structures, network, train, preprocess = job_settings()
+    ca = spec["client_args"]
+    torch.set_num_threads(int(ca.get("num_threads", 1)) or 1)  # the job's per-site setting
+    sites = {}
+    for name in SITES:
+        seed = int(ca.get("seed", 0)) + zlib.crc32(name.encode()) % 100_000  # as init_site
+        seed_everything(seed)
+        data = SiteSlices(Path(data_root) / name, structures, PreprocessConfig.from_dict(preprocess), progress=False)
+        x, y = data.slices("training", foreground_only=True)
+        data.volumes("validation")
+        data.volumes("test")
+        tc = TrainConfig.from_dict({**train, "method": ca.get("method", "gin"), "seed": seed})
+        sites[name] = dict(data=data, x=x, y=y,
+                           engine=SegmentationEngine(structures, UNetConfig.from_dict(network), tc, device="cpu"))
+    t_ready = time.time()
+    glob = instantiate(spec["model"]).state_dict()
+    best, best_dice = copy.deepcopy(glob), -1.0
+    per_round = []
+    for rnd in range(rounds):
+        site_s, vals, states, weights = {}, [], [], []
+        for name, s in sites.items():
+            t = time.perf_counter()
+            eng = s["engine"]
+            eng.set_weights(glob)
+            vals.append(aggregate_metrics(eng.evaluate(s["data"], "validation"))["dice"])
+            eng.fit(s["x"], s["y"], epochs=1, progress=False)
+            s["local"] = eng.get_weights()
+            states.append(s["local"])
+            weights.append(len(s["x"]))
+            site_s[name] = time.perf_counter() - t
+        t = time.perf_counter()
+        tot = float(sum(weights))
+        dice = sum(w * v for w, v in zip(weights, vals)) / tot
+        if rnd > 0 and dice > best_dice:  # the selector skips round 0
+            best, best_dice = glob, dice
+        new = {}
+        for k, ref in glob.items():
+            avg = sum(w * st[k].double() for w, st in zip(weights, states)) / tot
+            new[k] = avg.round().to(ref.dtype) if not ref.is_floating_point() else avg.to(ref.dtype)
+        glob = new
+        per_round.append({"sites_s": site_s, "fedavg_s": time.perf_counter() - t})
+    t_rounds = time.time()
+    models = {"SRV_FL_global_model": glob, "SRV_best_FL_global_model": best,
+              **{name: s["local"] for name, s in sites.items()}}
+    cse_site_s = {}
+    for name, s in sites.items():
+        t = time.perf_counter()
+        for w in models.values():
+            s["engine"].set_weights(w)
+            aggregate_metrics(s["engine"].evaluate(s["data"], "test"))
+        cse_site_s[name] = time.perf_counter() - t
+    t_end = time.time()
+    print(json.dumps({"t_ready": t_ready, "imports_s": t_imports - _CHILD_T0, "setup_s": t_ready - t_imports,
+                      "per_round": per_round, "rounds_wall_s": t_rounds - t_ready, "cse_site_s": cse_site_s,
+                      "cse_wall_s": t_end - t_rounds, "process_s": t_end - _CHILD_T0}))
+
+
+def summarize_plain(p: dict) -> dict:
+    seq = sum(sum(r["sites_s"].values()) + r["fedavg_s"] for r in p["per_round"])
+    par = sum(max(r["sites_s"].values()) + r["fedavg_s"] for r in p["per_round"])
+    steady = [max(r["sites_s"].values()) + r["fedavg_s"] for r in p["per_round"][1:]]
+    return {"rounds_seq_s": seq, "rounds_par_s": par,
+            "per_round_par_steady_s": statistics.mean(steady) if steady else float("nan"),
+            "cse_seq_s": sum(p["cse_site_s"].values()), "cse_par_s": max(p["cse_site_s"].values()),
+            "startup_s": p["startup_s"], "wall_s": p["wall_s"], "cpu_s": p["cpu_s"]}
+
+
+# ============================================================== main
+def fmt(x, nd=2):
+    return "n/a" if x is None or x != x else f"{x:.{nd}f}"
+
+
+def table(rows, header):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="~2 minutes: 1 thread, fewer reps, 3 FL rounds, 1 simulator run")
+    p.add_argument("--out", help="also write all measurements as JSON here")
+    p.add_argument("--threads", type=int, nargs="+", help="torch threads for parts 1-2 (default: 1 2; quick: 1)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions per variant, part 1 (default 7; quick 5)")
+    p.add_argument("--epochs-per-rep", type=int, help="epochs per repetition, part 1 (default 2; quick 1)")
+    p.add_argument("--steps", type=int, help="steps per GIN variant, part 2 (default 30; quick 15)")
+    p.add_argument("--rounds", type=int, help="FL rounds, part 3 (default 5; quick 3)")
+    p.add_argument("--fl-reps", type=int, help="simulator/plain pairs, part 3 (default 2; quick 1)")
+    p.add_argument("--skip-engine", action="store_true", help="skip parts 1-2")
+    p.add_argument("--skip-fl", action="store_true", help="skip part 3")
+    p.add_argument("--timeout", type=int, default=600, help="per simulator / plain run (s)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (data, jobs, simulator workspaces)")
+    p.add_argument("--plain-child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    q = a.quick
+    a.threads = a.threads or ([1] if q else [1, 2])
+    a.reps = a.reps or (5 if q else 7)
+    a.epochs_per_rep = a.epochs_per_rep or (1 if q else 2)
+    a.steps = a.steps or (15 if q else 30)
+    a.rounds = a.rounds or (3 if q else 5)
+    a.fl_reps = a.fl_reps or (1 if q else 2)
+    if a.plain_child:
+        plain_child(a.plain_child, a.rounds)
+        return 0
+
+    import torch
+
+    from fedxmodal.data.phantom import write_phantom_federation
+
+    t_start = time.time()
+    spec, structures, network, train, preprocess = job_settings()
+    env_info = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
+                "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                "torch": torch.__version__, "mode": "quick" if q else "default", "argv": sys.argv[1:]}
+    try:
+        import monai
+        import nvflare
+
+        env_info.update(monai=monai.__version__, nvflare=nvflare.__version__)
+    except Exception:  # pragma: no cover
+        pass
+    say(f"FedGIN benchmark ({env_info['mode']}): {env_info['cpus']} CPUs, torch {torch.__version__}, "
+        f"threads {a.threads}, reps {a.reps} x {a.epochs_per_rep} epoch(s), GIN steps {a.steps}, "
+        f"FL {a.rounds} rounds x {a.fl_reps} run(s)")
+    results = {"env": env_info, "settings": {k: v for k, v in vars(a).items() if k != "plain_child"},
+               "load1": {"start": load1()}}
+    if results["load1"]["start"] > 0.5 * (os.cpu_count() or 1):
+        say(f"WARNING: 1-min load average {results['load1']['start']:.2f} on {os.cpu_count()} CPUs: "
+            "other work is running, figures will be noisy")
+    tmp_obj = tempfile.TemporaryDirectory(prefix="bench_fedgin.")
+    tmp = Path(tmp_obj.name)
+    try:
+        say(f"writing the phantom federation (n_train=2, n_val=1, n_test=1) into {tmp / 'data'}")
+        write_phantom_federation(tmp / "data", seed=0, n_train=2, n_val=1, n_test=1, progress=False)
+        rows1, rows2, rows3 = [], [], []
+
+        if not a.skip_engine:
+            images, labels = load_site_slices(tmp / "data" / "ct-site", structures, preprocess)
+            results["slices"] = list(images.shape)
+            say(f"ct-site training slices: {tuple(images.shape)}, batch {train.get('batch_size', 16)}, "
+                f"GIN {train.get('method_args', {})}")
+            results["engine"], results["gin"] = {}, {}
+            for th in a.threads:
+                say(f"part 1: engine vs bare loop, torch threads={th}")
+                c0, w0 = self_cpu_s(), time.perf_counter()
+                r = bench_engine(images, labels, structures, network, train, th, a.reps, a.epochs_per_rep)
+                cores = (self_cpu_s() - c0) / (time.perf_counter() - w0)
+                say(f"  CPU time / wall time of this process during part 1: {cores:.2f} (threads={th})")
+                results["engine"][th] = r
+                results.setdefault("cores_used", {})[th] = cores
+                med = {k: median(v) for k, v in r.items()}
+                for k, ref in (("bare_gin", "bare_gin"), ("engine_gin_nospatial", "bare_gin"),
+                               ("engine_gin_default", "bare_gin"), ("bare_none", "bare_none"),
+                               ("engine_none_nospatial", "bare_none")):
+                    paired = median([e / b for e, b in zip(r[k], r[ref])])
+                    rows1.append([th, k, fmt(med[k], 1), fmt(med[k] / med[ref], 3), fmt(paired, 3)])
+                say(f"part 2: GIN forward vs whole step, torch threads={th}")
+                g = bench_gin_share(images, labels, structures, network, train, th, a.steps)
+                results["gin"][th] = {k: [[round(x, 6) for x in t] for t in v] for k, v in g.items()}
+                for k, v in g.items():
+                    gin_ms, step_ms = median([t[0] for t in v]) * 1e3, median([t[1] for t in v]) * 1e3
+                    share = median([t[0] / t[1] for t in v])
+                    rows2.append([th, k, fmt(gin_ms, 1), fmt(step_ms, 1), f"{100 * share:.1f}%"])
+                    say(f"  {k}: GIN {gin_ms:.1f} ms of a {step_ms:.1f} ms step ({100 * share:.1f}%)")
+
+            results["load1"]["after_engine"] = load1()
+
+        if not a.skip_fl:
+            sims, plains = [], []
+            for rep in range(a.fl_reps):
+                say(f"part 3: nvflare simulator, FedGIN job, {a.rounds} rounds x 1 epoch, 2 sites, CSE on "
+                    f"(run {rep + 1}/{a.fl_reps})")
+                s = run_simulator(tmp, rep, a.rounds, tmp / "data", a.timeout)
+                sims.append(s)
+                say(f"  simulator wall {s['wall_s']:.1f} s: startup {s['startup_s']:.1f}, rounds {s['rounds_s']:.1f} "
+                    f"({s['per_round_steady_s']:.2f} s/round steady), CSE {s['cse_s']:.1f}, teardown {s['teardown_s']:.1f}")
+                say(f"part 3: plain loops, same rounds, fresh process (run {rep + 1}/{a.fl_reps})")
+                pl = run_plain(tmp, a.rounds, tmp / "data", a.timeout)
+                pl["summary"] = summarize_plain(pl)
+                plains.append(pl)
+                ps = pl["summary"]
+                say(f"  plain process wall {pl['wall_s']:.1f} s: startup {ps['startup_s']:.1f}, rounds seq "
+                    f"{ps['rounds_seq_s']:.1f} / parallel-equivalent {ps['rounds_par_s']:.1f}, CSE-equivalent seq "
+                    f"{ps['cse_seq_s']:.1f} / par {ps['cse_par_s']:.1f}")
+            results["simulator"], results["plain"] = sims, plains
+            S = {k: median([s[k] for s in sims]) for k in sims[0] if isinstance(sims[0][k], float)}
+            P = {k: median([pl["summary"][k] for pl in plains]) for k in plains[0]["summary"]}
+            results["fl_medians"] = {"simulator": S, "plain": P}
+            R = a.rounds
+            rows3 += [
+                ["simulator wall (whole run)", fmt(S["wall_s"], 1), ""],
+                ["  startup: launch -> server up", fmt(S["startup_server_s"], 1), ""],
+                ["  startup: site processes + imports", fmt(S["startup_site_imports_s"], 1), ""],
+                ["  startup: site data + engine", fmt(S["startup_site_data_s"], 1), ""],
+                [f"  {R} rounds", fmt(S["rounds_s"], 1), ""],
+                ["    per round, steady (rounds 1..R-1)", fmt(S["per_round_steady_s"], 2), ""],
+                ["  cross-site evaluation", fmt(S["cse_s"], 1), ""],
+                ["  teardown", fmt(S["teardown_s"], 1), ""],
+                [f"plain {R} rounds, sequential", fmt(P["rounds_seq_s"], 1), fmt(S["wall_s"] / P["rounds_seq_s"], 1)],
+                [f"plain {R} rounds, parallel-equivalent", fmt(P["rounds_par_s"], 1), fmt(S["wall_s"] / P["rounds_par_s"], 1)],
+                ["plain per round, parallel-equiv. (1..R-1)", fmt(P["per_round_par_steady_s"], 2), ""],
+                ["plain CSE work, seq / parallel-equiv.", f"{fmt(P['cse_seq_s'], 1)} / {fmt(P['cse_par_s'], 1)}", ""],
+                ["plain startup (imports, data, engines)", fmt(P["startup_s"], 1), ""],
+                ["plain whole process (startup+rounds+CSE, seq)", fmt(P["wall_s"], 1), fmt(S["wall_s"] / P["wall_s"], 1)],
+                ["simulator rounds / plain rounds parallel-eq.", "", fmt(S["rounds_s"] / P["rounds_par_s"], 2)],
+                ["FL overhead per round (steady: sim - plain par.)", fmt(S["per_round_steady_s"] - P["per_round_par_steady_s"], 2), ""],
+                ["fixed cost (sim wall - sim rounds)", fmt(S["wall_s"] - S["rounds_s"], 1), ""],
+                ["CPU time: simulator, all processes", fmt(S["cpu_s"], 1), ""],
+                ["CPU time: plain process", fmt(P["cpu_s"], 1), ""],
+                ["CPU time ratio simulator / plain", "", fmt(S["cpu_s"] / P["cpu_s"], 2)],
+            ]
+            results["fl_ratios"] = {
+                "sim_wall_over_plain_rounds_seq": S["wall_s"] / P["rounds_seq_s"],
+                "sim_wall_over_plain_rounds_par": S["wall_s"] / P["rounds_par_s"],
+                "sim_wall_over_plain_process": S["wall_s"] / P["wall_s"],
+                "sim_rounds_over_plain_rounds_par": S["rounds_s"] / P["rounds_par_s"],
+                "overhead_per_round_s": S["per_round_steady_s"] - P["per_round_par_steady_s"],
+                "fixed_cost_s": S["wall_s"] - S["rounds_s"],
+                "cpu_sim_over_plain": S["cpu_s"] / P["cpu_s"],
+            }
+    finally:
+        if a.keep:
+            say(f"kept {tmp}")
+        else:
+            tmp_obj.cleanup()
+
+    results["total_s"] = time.time() - t_start
+    results["load1"]["end"] = load1()
+    print()
+    print(f"== FedGIN benchmark, {env_info['date']}, {env_info['cpus']} CPUs ({env_info['cpu']}), torch "
+          f"{env_info['torch']}, mode {env_info['mode']}, total {results['total_s']:.0f} s ==")
+    print("1-min load average: " + ", ".join(f"{k} {v:.2f}" for k, v in results["load1"].items()))
+    if rows1:
+        print(f"\n1. Training throughput, ct-site phantom {tuple(results['slices'])}, batch {train.get('batch_size', 16)}, "
+              f"GIN {train.get('method_args', {})}; median of {a.reps} interleaved reps x {a.epochs_per_rep} epoch(s)")
+        print(table(rows1, ["threads", "variant", "slices/s", "vs bare", "paired"]))
+        print("CPU time / wall time during part 1: " + ", ".join(
+            f"threads={k}: {v:.2f}" for k, v in results["cores_used"].items()))
+    if rows2:
+        print(f"\n2. GIN forward vs whole training step (bare loop, batch {train.get('batch_size', 16)}), "
+              f"median of {a.steps} interleaved steps")
+        print(table(rows2, ["threads", "GIN", "GIN ms", "step ms", "GIN share"]))
+    if rows3:
+        print(f"\n3. nvflare simulator (-n 2 -t 2, FedGIN job, {a.rounds} rounds x 1 epoch, CSE on, 1 thread/site) "
+              f"vs plain loops (1 thread); median of {a.fl_reps} run(s)")
+        print(table(rows3, ["what", "seconds", "sim wall / this"]))
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1, default=str))
+        print(f"\nwrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
