@@ -34,6 +34,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
+from fedxmodal.engine.trainer import seed_everything  # the one seeding function (re-exported)
+
 logger = logging.getLogger(__name__)
 
 ENV_NUM_THREADS = "FEDXMODAL_NUM_THREADS"
@@ -126,20 +128,6 @@ def instantiate(spec: Mapping[str, Any]):
 # --------------------------------------------------------------------------------------------
 # site setup
 # --------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch."""
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover
-        pass
-    import torch
-
-    torch.manual_seed(seed)
-
-
 def set_num_threads(num_threads: int = 0) -> int:
     """Limit torch's CPU threads so sites sharing a machine do not oversubscribe it.
 
