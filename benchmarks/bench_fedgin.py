@@ -411,6 +411,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="steps per GIN variant, part 2 (default 30; quick 15)")
     p.add_argument("--rounds", type=int, help="FL rounds, part 3 (default 5; quick 3)")
     p.add_argument("--fl-reps", type=int, help="simulator/plain pairs, part 3 (default 2; quick 1)")
+    p.add_argument("--project-rounds", type=int, default=30,
+                   help="also project simulator and plain times to this many rounds (default 30)")
     p.add_argument("--skip-engine", action="store_true", help="skip parts 1-2")
     p.add_argument("--skip-fl", action="store_true", help="skip part 3")
     p.add_argument("--timeout", type=int, default=600, help="per simulator / plain run (s)")
@@ -530,6 +532,12 @@ def main(argv=None) -> int:
                 ["simulator rounds / plain rounds parallel-eq.", "", fmt(S["rounds_s"] / P["rounds_par_s"], 2)],
                 ["FL overhead per round (steady: sim - plain par.)", fmt(S["per_round_steady_s"] - P["per_round_par_steady_s"], 2), ""],
                 ["fixed cost (sim wall - sim rounds)", fmt(S["wall_s"] - S["rounds_s"], 1), ""],
+                [f"projected {a.project_rounds} rounds: simulator (fixed + N x steady)",
+                 fmt(S["wall_s"] - S["rounds_s"] + a.project_rounds * S["per_round_steady_s"], 1), ""],
+                [f"projected {a.project_rounds} rounds: plain parallel-equiv. (N x steady)",
+                 fmt(a.project_rounds * P["per_round_par_steady_s"], 1),
+                 fmt((S["wall_s"] - S["rounds_s"] + a.project_rounds * S["per_round_steady_s"])
+                     / (a.project_rounds * P["per_round_par_steady_s"]), 2)],
                 ["CPU time: simulator, all processes", fmt(S["cpu_s"], 1), ""],
                 ["CPU time: plain process", fmt(P["cpu_s"], 1), ""],
                 ["CPU time ratio simulator / plain", "", fmt(S["cpu_s"] / P["cpu_s"], 2)],

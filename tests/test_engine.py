@@ -128,3 +128,20 @@ def test_segment_writes_mask_aligned_with_reoriented_input(tmp_path, codes):
         inter = ((pred == c) & (lab == c)).sum()
         assert 2 * inter / ((pred == c).sum() + (lab == c).sum()) > 0.7
     assert (tmp_path / "ov.png").stat().st_size > 1000
+
+
+def test_server_model_initial_weights_are_seeded_without_touching_global_rng():
+    from fedxmodal.networks.unet import SegmentationUNet
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = SegmentationUNet(6, init_seed=0).state_dict()
+    after = torch.rand(1)
+    b = SegmentationUNet(6, init_seed=0).state_dict()
+    c = SegmentationUNet(6, init_seed=1).state_dict()
+    assert torch.equal(before, after)  # the caller's random stream is unchanged
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+    engine = SegmentationEngine(("liver",) * 1 + ("kidney_right", "kidney_left", "spleen", "pancreas", "gallbladder"))
+    assert set(engine.get_weights()) == set(a)  # the server's model and the sites' engines share keys

@@ -93,3 +93,17 @@ def test_a_site_with_broken_data_fails_naming_site_and_file(quick_demo, tmp_path
     # No global model comes out of a federation that lost a site it needs (min_clients = 2).
     assert failed or not (tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt").exists() \
         or "abort" in text.lower()
+
+
+def test_a_seed_fixes_the_federated_run(quick_demo, tmp_path):
+    """Same data and seed -> bit-identical global model: the server's initial weights and every
+    site process are seeded (2 sites: FedAvg's sum does not depend on arrival order)."""
+    import torch
+
+    work, _ = quick_demo
+    assert main(["demo", "--workdir", str(tmp_path / "again"), "--quick", "--data", str(work / "data")]) == 0
+    rel = Path("workspace") / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+    a = torch.load(work / rel, weights_only=False)["model"]
+    b = torch.load(tmp_path / "again" / rel, weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)

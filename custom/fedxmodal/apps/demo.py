@@ -66,6 +66,7 @@ def run_demo(args) -> int:
     if getattr(args, "local_epochs", None):
         spec["client_args"]["local_epochs"] = args.local_epochs
     spec["client_args"]["seed"] = args.seed
+    spec["model"]["args"]["init_seed"] = args.seed
     t_start = time.perf_counter()
 
     print(f"[1/4] sites in {data}", flush=True)

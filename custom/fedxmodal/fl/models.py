@@ -33,7 +33,7 @@ def job_site_args(job_dir) -> dict:
 def engine_from_fl_model(model_path, job_dir, device: str = "auto") -> SegmentationEngine:
     """A ``SegmentationEngine`` holding the weights of a server-persisted global model."""
     args = job_site_args(job_dir)
-    net = {k: v for k, v in args["model"]["args"].items() if k != "n_structures"}
+    net = {k: v for k, v in args["model"]["args"].items() if k not in ("n_structures", "init_seed")}
     engine = SegmentationEngine(args["structures"], UNetConfig.from_dict(net),
                                 TrainConfig.from_dict({**args.get("train", {}), "method": args.get("method", "gin")}),
                                 PreprocessConfig.from_dict(args.get("preprocess")), device=device)

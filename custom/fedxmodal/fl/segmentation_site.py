@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
     structures = tuple(args["structures"])
     # The job's model spec {"path", "args"} is the one the server built the initial weights from.
-    network = {k: v for k, v in args["model"]["args"].items() if k != "n_structures"}
+    network = {k: v for k, v in args["model"]["args"].items() if k not in ("n_structures", "init_seed")}
     if args["model"]["args"].get("n_structures", len(structures)) != len(structures):
         raise ValueError(f"job model has {args['model']['args']['n_structures']} outputs for {len(structures)} structures")
     train_cfg = TrainConfig.from_dict({**args["train"], "method": args["method"], "seed": site.seed})

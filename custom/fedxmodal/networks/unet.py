@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from monai.networks.nets import UNet
 
 
@@ -41,12 +42,18 @@ def build_unet(n_structures: int, config: UNetConfig | None = None, in_channels:
 class SegmentationUNet(UNet):
     """``build_unet`` as a class with plain keyword arguments, so that an NVFlare server can build
     the initial global model from the job config (every argument kept as a same-named attribute,
-    which NVFlare's exporter needs). Same state-dict keys as ``build_unet``'s network."""
+    which NVFlare's exporter needs). Same state-dict keys as ``build_unet``'s network.
+    ``init_seed`` fixes the initial weights (the server process is otherwise unseeded) without
+    touching the caller's random state; ``None`` draws them from the global RNG."""
 
     def __init__(self, n_structures: int, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units: int = 1,
-                 norm: str = "batch", dropout: float = 0.0):
-        super().__init__(spatial_dims=2, in_channels=1, out_channels=n_structures + 1, channels=tuple(channels),
-                         strides=tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+                 norm: str = "batch", dropout: float = 0.0, init_seed: int | None = 0):
+        with torch.random.fork_rng(devices=[]):
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            super().__init__(spatial_dims=2, in_channels=1, out_channels=n_structures + 1, channels=tuple(channels),
+                             strides=tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+        self.init_seed = init_seed
         self.n_structures = n_structures
         self.channels = tuple(channels)
         self.strides = tuple(strides)
