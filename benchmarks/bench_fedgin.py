@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import math
 import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,10 +84,13 @@ def median(xs):
 def job_settings():
     """The committed FedGIN spec and what the engine needs from it."""
     from fedxmodal.fl.job import load_spec
+    from fedxmodal.networks.unet import UNetConfig
 
     spec = load_spec(str(SPEC))
     ca = spec["client_args"]
-    network = {k: v for k, v in spec["model"]["args"].items() if k != "n_structures"}
+    # The site keeps only the U-Net's shape from the model spec (not n_structures, init_seed, ...).
+    fields = {f.name for f in dataclasses.fields(UNetConfig)}
+    network = {k: v for k, v in spec["model"]["args"].items() if k in fields}
     return spec, tuple(ca["structures"]), network, dict(ca.get("train", {})), dict(ca.get("preprocess", {}))
 
 
@@ -124,8 +130,6 @@ class BareLoop:
         return [order[i:i + bs] for i in range(0, n, bs) if len(order[i:i + bs]) > 1]
 
     def step(self, images, labels, idx, timings=None):
-        import torch
-
         t0 = time.perf_counter()
         x, y = images[idx], labels[idx].long()
         if self.gin is not None:
@@ -138,7 +142,7 @@ class BareLoop:
         value = float(loss.detach())
         if timings is not None:
             timings.append((t1 - t0, time.perf_counter() - t0))
-        if not torch.isfinite(torch.tensor(value)):
+        if not math.isfinite(value):
             raise FloatingPointError("non-finite loss")
         return value
 
@@ -247,6 +251,21 @@ def parse_simulator_logs(ws: Path, t0: float, t_exit: float, rounds: int) -> dic
         ev = _log_events(ws / site / "log.txt", {"init": re.escape(f"[{site}] seed="), "ready": r"training slices"})
         site_init.append(ev["init"][0])
         site_ready.append(ev["ready"][0])
+    # Train tasks: server hands a task to a site -> gets its result (the site's busy time, model
+    # download/upload included), paired by task id; sites take part in every round.
+    sent, got, prev = {}, {}, None
+    rx_sent = re.compile(r"return task to client\.\s+client_name: (\S+)\s+task_name: train\s+task_id: (\S+)")
+    rx_got = re.compile(r"got result from client (\S+) for task: name=train, id=([\w-]+)")
+    for line in (ws / "server" / "log.txt").read_text(errors="replace").splitlines():
+        prev = _ts(line) or prev
+        if (m := rx_sent.search(line)) and m.group(2) not in sent:
+            sent[m.group(2)] = prev
+        elif (m := rx_got.search(line)) and m.group(2) not in got:
+            got[m.group(2)] = prev
+    tasks = sorted((sent[i], got[i]) for i in sent if i in got)
+    busy = [max(g - s for s, g in tasks[k:k + len(SITES)]) for k in range(0, len(tasks), len(SITES))]
+    ends = rstarts[1:rounds] + [srv["fedavg_done"][-1]]
+    durations = [e - b for b, e in zip(rstarts[:rounds], ends)]
     t_server_up = rstarts[0]  # server ready, round 0 scheduled
     t_ready = max(site_ready)
     t_fedavg = srv["fedavg_done"][-1]
@@ -261,6 +280,11 @@ def parse_simulator_logs(ws: Path, t0: float, t_exit: float, rounds: int) -> dic
         "rounds_s": t_fedavg - t_ready,  # all R rounds (site ready -> FedAvg finished)
         "round0_s": rstarts[1] - t_ready if len(rstarts) > 1 else t_fedavg - t_ready,
         "per_round_steady_s": steady,  # mean of rounds 1..R-1 (server: round start -> next round start)
+        # of which the slower site was busy (task handed out -> result received), rounds 1..R-1,
+        # and the rest: NVFlare's scheduling, polling and aggregation
+        "per_round_site_busy_s": statistics.mean(busy[1:rounds]) if rounds > 1 else float("nan"),
+        "per_round_fl_gap_s": statistics.mean(d - b for d, b in zip(durations[1:], busy[1:rounds]))
+        if rounds > 1 else float("nan"),
         "cse_s": t_cse - t_fedavg,
         "teardown_s": t_exit - t_cse,
     }
@@ -402,8 +426,10 @@ def table(rows, header):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="~2 minutes: 1 thread, fewer reps, 3 FL rounds, 1 simulator run")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="~2 minutes: 1 thread, fewer reps, 3 FL rounds, 1 simulator run")
     p.add_argument("--out", help="also write all measurements as JSON here")
     p.add_argument("--threads", type=int, nargs="+", help="torch threads for parts 1-2 (default: 1 2; quick: 1)")
     p.add_argument("--reps", type=int, help="interleaved repetitions per variant, part 1 (default 7; quick 5)")
@@ -454,8 +480,7 @@ def main(argv=None) -> int:
     if results["load1"]["start"] > 0.5 * (os.cpu_count() or 1):
         say(f"WARNING: 1-min load average {results['load1']['start']:.2f} on {os.cpu_count()} CPUs: "
             "other work is running, figures will be noisy")
-    tmp_obj = tempfile.TemporaryDirectory(prefix="bench_fedgin.")
-    tmp = Path(tmp_obj.name)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_fedgin."))
     try:
         say(f"writing the phantom federation (n_train=2, n_val=1, n_test=1) into {tmp / 'data'}")
         write_phantom_federation(tmp / "data", seed=0, n_train=2, n_val=1, n_test=1, progress=False)
@@ -500,7 +525,8 @@ def main(argv=None) -> int:
                 s = run_simulator(tmp, rep, a.rounds, tmp / "data", a.timeout)
                 sims.append(s)
                 say(f"  simulator wall {s['wall_s']:.1f} s: startup {s['startup_s']:.1f}, rounds {s['rounds_s']:.1f} "
-                    f"({s['per_round_steady_s']:.2f} s/round steady), CSE {s['cse_s']:.1f}, teardown {s['teardown_s']:.1f}")
+                    f"({s['per_round_steady_s']:.2f} s/round steady, NVFlare gap {s['per_round_fl_gap_s']:.2f}), "
+                    f"CSE {s['cse_s']:.1f}, teardown {s['teardown_s']:.1f}")
                 say(f"part 3: plain loops, same rounds, fresh process (run {rep + 1}/{a.fl_reps})")
                 pl = run_plain(tmp, a.rounds, tmp / "data", a.timeout)
                 pl["summary"] = summarize_plain(pl)
@@ -514,33 +540,34 @@ def main(argv=None) -> int:
             P = {k: median([pl["summary"][k] for pl in plains]) for k in plains[0]["summary"]}
             results["fl_medians"] = {"simulator": S, "plain": P}
             R = a.rounds
+            N = a.project_rounds
+            fixed = S["wall_s"] - S["rounds_s"]
+            proj_sim, proj_plain = fixed + N * S["per_round_steady_s"], N * P["per_round_par_steady_s"]
+
+            def row(what, sim, plain, nd=1):
+                ratio = fmt(sim / plain, 2) if sim is not None and plain is not None else ""
+                return [what, "" if sim is None else fmt(sim, nd), "" if plain is None else fmt(plain, nd), ratio]
+
             rows3 += [
-                ["simulator wall (whole run)", fmt(S["wall_s"], 1), ""],
-                ["  startup: launch -> server up", fmt(S["startup_server_s"], 1), ""],
-                ["  startup: site processes + imports", fmt(S["startup_site_imports_s"], 1), ""],
-                ["  startup: site data + engine", fmt(S["startup_site_data_s"], 1), ""],
-                [f"  {R} rounds", fmt(S["rounds_s"], 1), ""],
-                ["    per round, steady (rounds 1..R-1)", fmt(S["per_round_steady_s"], 2), ""],
-                ["  cross-site evaluation", fmt(S["cse_s"], 1), ""],
-                ["  teardown", fmt(S["teardown_s"], 1), ""],
-                [f"plain {R} rounds, sequential", fmt(P["rounds_seq_s"], 1), fmt(S["wall_s"] / P["rounds_seq_s"], 1)],
-                [f"plain {R} rounds, parallel-equivalent", fmt(P["rounds_par_s"], 1), fmt(S["wall_s"] / P["rounds_par_s"], 1)],
-                ["plain per round, parallel-equiv. (1..R-1)", fmt(P["per_round_par_steady_s"], 2), ""],
-                ["plain CSE work, seq / parallel-equiv.", f"{fmt(P['cse_seq_s'], 1)} / {fmt(P['cse_par_s'], 1)}", ""],
-                ["plain startup (imports, data, engines)", fmt(P["startup_s"], 1), ""],
-                ["plain whole process (startup+rounds+CSE, seq)", fmt(P["wall_s"], 1), fmt(S["wall_s"] / P["wall_s"], 1)],
-                ["simulator rounds / plain rounds parallel-eq.", "", fmt(S["rounds_s"] / P["rounds_par_s"], 2)],
-                ["FL overhead per round (steady: sim - plain par.)", fmt(S["per_round_steady_s"] - P["per_round_par_steady_s"], 2), ""],
-                ["fixed cost (sim wall - sim rounds)", fmt(S["wall_s"] - S["rounds_s"], 1), ""],
-                [f"projected {a.project_rounds} rounds: simulator (fixed + N x steady)",
-                 fmt(S["wall_s"] - S["rounds_s"] + a.project_rounds * S["per_round_steady_s"], 1), ""],
-                [f"projected {a.project_rounds} rounds: plain parallel-equiv. (N x steady)",
-                 fmt(a.project_rounds * P["per_round_par_steady_s"], 1),
-                 fmt((S["wall_s"] - S["rounds_s"] + a.project_rounds * S["per_round_steady_s"])
-                     / (a.project_rounds * P["per_round_par_steady_s"]), 2)],
-                ["CPU time: simulator, all processes", fmt(S["cpu_s"], 1), ""],
-                ["CPU time: plain process", fmt(P["cpu_s"], 1), ""],
-                ["CPU time ratio simulator / plain", "", fmt(S["cpu_s"] / P["cpu_s"], 2)],
+                row("whole run, wall (plain: whole process, sites in sequence)", S["wall_s"], P["wall_s"]),
+                row("  startup: launch -> both sites ready", S["startup_s"], P["startup_s"]),
+                row("    launch -> server up, round 0 scheduled", S["startup_server_s"], None),
+                row("    site processes spawned + imports", S["startup_site_imports_s"], None),
+                row("    site data preparation + engine", S["startup_site_data_s"], None),
+                row(f"  {R} rounds (plain: sites in sequence)", S["rounds_s"], P["rounds_seq_s"]),
+                row(f"  {R} rounds (plain: parallel-equivalent)", S["rounds_s"], P["rounds_par_s"]),
+                row("    per round, rounds 1..R-1 (plain: parallel-equiv.)", S["per_round_steady_s"],
+                    P["per_round_par_steady_s"], 2),
+                row("      slower site busy: task out -> result in", S["per_round_site_busy_s"],
+                    P["per_round_par_steady_s"], 2),
+                row("      NVFlare gap: scheduling, polling, FedAvg", S["per_round_fl_gap_s"], None, 2),
+                row("  cross-site evaluation (plain: its work, parallel-equiv.)", S["cse_s"], P["cse_par_s"]),
+                row("  teardown", S["teardown_s"], None),
+                row("CPU time, user+system, all processes", S["cpu_s"], P["cpu_s"]),
+                row(f"simulator wall / plain {R} rounds, sites in sequence", S["wall_s"], P["rounds_seq_s"]),
+                row(f"simulator wall / plain {R} rounds, parallel-equivalent", S["wall_s"], P["rounds_par_s"]),
+                row("fixed cost: simulator wall - its rounds", fixed, None),
+                row(f"projected {N} rounds: fixed + {N} x per round (plain: {N} x per round)", proj_sim, proj_plain),
             ]
             results["fl_ratios"] = {
                 "sim_wall_over_plain_rounds_seq": S["wall_s"] / P["rounds_seq_s"],
@@ -548,6 +575,8 @@ def main(argv=None) -> int:
                 "sim_wall_over_plain_process": S["wall_s"] / P["wall_s"],
                 "sim_rounds_over_plain_rounds_par": S["rounds_s"] / P["rounds_par_s"],
                 "overhead_per_round_s": S["per_round_steady_s"] - P["per_round_par_steady_s"],
+                "fl_gap_per_round_s": S["per_round_fl_gap_s"],
+                "site_busy_over_plain_par": S["per_round_site_busy_s"] / P["per_round_par_steady_s"],
                 "fixed_cost_s": S["wall_s"] - S["rounds_s"],
                 "cpu_sim_over_plain": S["cpu_s"] / P["cpu_s"],
             }
@@ -555,7 +584,7 @@ def main(argv=None) -> int:
         if a.keep:
             say(f"kept {tmp}")
         else:
-            tmp_obj.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)
 
     results["total_s"] = time.time() - t_start
     results["load1"]["end"] = load1()
@@ -564,8 +593,9 @@ def main(argv=None) -> int:
           f"{env_info['torch']}, mode {env_info['mode']}, total {results['total_s']:.0f} s ==")
     print("1-min load average: " + ", ".join(f"{k} {v:.2f}" for k, v in results["load1"].items()))
     if rows1:
-        print(f"\n1. Training throughput, ct-site phantom {tuple(results['slices'])}, batch {train.get('batch_size', 16)}, "
-              f"GIN {train.get('method_args', {})}; median of {a.reps} interleaved reps x {a.epochs_per_rep} epoch(s)")
+        print(f"\n1. Training throughput, ct-site phantom {tuple(results['slices'])}, "
+              f"batch {train.get('batch_size', 16)}, GIN {train.get('method_args', {})}; "
+              f"median of {a.reps} interleaved reps x {a.epochs_per_rep} epoch(s)")
         print(table(rows1, ["threads", "variant", "slices/s", "vs bare", "paired"]))
         print("CPU time / wall time during part 1: " + ", ".join(
             f"threads={k}: {v:.2f}" for k, v in results["cores_used"].items()))
@@ -576,7 +606,7 @@ def main(argv=None) -> int:
     if rows3:
         print(f"\n3. nvflare simulator (-n 2 -t 2, FedGIN job, {a.rounds} rounds x 1 epoch, CSE on, 1 thread/site) "
               f"vs plain loops (1 thread); median of {a.fl_reps} run(s)")
-        print(table(rows3, ["what", "seconds", "sim wall / this"]))
+        print(table(rows3, ["what", "simulator s", "plain s", "sim/plain"]))
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1, default=str))
         print(f"\nwrote {a.out}")

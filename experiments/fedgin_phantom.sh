@@ -3,21 +3,22 @@
 # Same data, seed, network, optimiser, GIN variant and budget for every row: FedGIN runs 30 rounds
 # x 2 local epochs (60 passes over each site's slices); every non-federated row trains 60 epochs.
 # Usage: bash experiments/fedgin_phantom.sh [OUT_DIR]   (about 45 minutes on 2 CPU cores)
+# A cell whose results already exist is skipped (delete its folder to redo it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/fedgin_phantom}
 PY=.venv/bin/python
-GIN='{"shared_across_batch": true}'
+GIN=${GIN:-'{"shared_across_batch": false}'}  # per-sample GIN, as in jobs/specs/fedgin.json
 mkdir -p "$OUT"
 # 1. FedGIN in nvflare simulator (writes the phantom to $OUT/data).
-$PY -m fedxmodal demo --workdir "$OUT/fedgin" --seed 0
+[ -f "$OUT/fedgin/results/fedgin.json" ] || $PY -m fedxmodal demo --workdir "$OUT/fedgin" --seed 0
 DATA="$OUT/fedgin/data"
 # 2. Centralized GIN on the pooled sites (the federated/centralized ratio's denominator).
-$PY -m fedxmodal train --regime centralized --sites "$DATA/ct-site" "$DATA/mr-site" --method gin \
+[ -f "$OUT/centralized_gin/results.json" ] || $PY -m fedxmodal train --regime centralized --sites "$DATA/ct-site" "$DATA/mr-site" --method gin \
     --method-args "$GIN" --epochs 60 --out "$OUT/centralized_gin"
 # 3. CT-only, without and with GIN, tested on CT and on the unseen MR.
 for m in none gin; do
-  OMP_NUM_THREADS=1 $PY -m fedxmodal train --regime local --sites "$DATA/ct-site" \
+  [ -f "$OUT/ct_only_$m/results.json" ] || OMP_NUM_THREADS=1 $PY -m fedxmodal train --regime local --sites "$DATA/ct-site" \
       --eval-sites "$DATA/ct-site" "$DATA/mr-site" --method $m --method-args "$([ $m = gin ] && echo "$GIN" || echo '{}')" \
       --epochs 60 --out "$OUT/ct_only_$m" &
 done
