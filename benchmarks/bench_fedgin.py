@@ -15,7 +15,7 @@ foreground training slices of 128x128 with the job's preprocessing):
    and with its default (spatial augmentation on). Variants are interleaved (A B C ... A B C ...,
    order rotated every repetition), medians reported. torch threads: ``--threads``.
 2. GIN's share of a training step -- median time of the GIN forward alone vs the whole bare step,
-   per-sample nets and batch-shared net (the FedGIN job's variant), interleaved step by step.
+   per-sample nets and one batch-shared net, interleaved step by step.
 3. NVFlare overhead at 2 sites -- wall time of a real ``nvflare simulator`` run (``-n 2 -t 2``)
    of the FedGIN job exported from ``jobs/specs/fedgin.json`` with ``num_rounds=R``,
    ``local_epochs=1``, everything else as committed (cross-site evaluation on, 1 torch thread per
@@ -161,7 +161,7 @@ def bench_engine(images, labels, structures, network, train, threads, reps, epoc
     from fedxmodal.networks.unet import UNetConfig
 
     torch.set_num_threads(threads)
-    gin_args = dict(train.get("method_args", {}))  # the FedGIN job's GIN settings (batch-shared net)
+    gin_args = dict(train.get("method_args", {}))  # the FedGIN job's GIN settings (method_args)
 
     def engine(method, spatial):
         torch.manual_seed(seed)
