@@ -1,7 +1,7 @@
 """FedGIN benchmark: what the engine, GIN and NVFlare cost on this machine (figures, not a test).
 
-    .venv/bin/python benchmarks/bench_fedgin.py --quick            # ~2 min
-    .venv/bin/python benchmarks/bench_fedgin.py [--out bench.json] # ~5 min on a quiet 2-core CPU
+    .venv/bin/python benchmarks/bench_fedgin.py --quick            # ~2.5 min
+    .venv/bin/python benchmarks/bench_fedgin.py [--out bench.json] # ~6 min on a quiet 2-core CPU
     .venv/bin/python benchmarks/bench_fedgin.py --threads 1 2      # parts 1-2 also with 2 threads
 
 Everything is measured in ONE run, on a tiny procedural phantom federation written into a temp
@@ -430,7 +430,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="~2 minutes: fewer reps, 3 FL rounds, 1 simulator run")
+                   help="~2.5 minutes: fewer reps, 3 FL rounds, 1 simulator run")
     p.add_argument("--out", help="also write all measurements as JSON here")
     p.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="torch threads for parts 1-2 (default 1, as the job's sites; e.g. --threads 1 2)")

@@ -57,7 +57,7 @@ class GINIPAMethod(GINMethod):
         per_view = logits.chunk(3)
         seg = seg_loss(per_view[0], labels[:, None])
         cons = kl_consistency(list(per_view), weight=self.consistency_weight)
-        return seg + cons, {"loss_seg": float(seg), "loss_consistency": float(cons)}
+        return seg + cons, {"loss_seg": float(seg.detach()), "loss_consistency": float(cons.detach())}
 
 
 METHODS = {"none": PlainMethod, "gin": GINMethod, "gin_ipa": GINIPAMethod}

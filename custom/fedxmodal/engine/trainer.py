@@ -127,7 +127,7 @@ class SegmentationEngine:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 steps += 1
                 self.global_step += 1
                 if self.writer is not None and self.global_step % 10 == 0:
