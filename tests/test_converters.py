@@ -460,9 +460,10 @@ def test_totalseg_multilabel_masks_kept_as_they_are(tmp_path):
     assert str(src / "s0001" / "seg.nii.gz") in str(err.value)
 
 
-@pytest.mark.skipif(not SHARED_TOTALSEG.is_dir(), reason="shared TotalSegmentator example scans not present")
 def test_totalseg_real_example_scans(tmp_path):
     """The real CT (RAS) and MR (LPS) example scans of ../shared/data: one subject each."""
+    if not SHARED_TOTALSEG.is_dir():
+        pytest.fail(f"{SHARED_TOTALSEG} is missing: the real data must sit beside the project as ../shared")
     sites = convert_totalseg(SHARED_TOTALSEG, tmp_path / "sites", structures=["liver", "spleen"])
     assert set(sites) == {"totalseg-ct", "totalseg-mr"}
     for name, modality, liver_voxels in (("totalseg-ct", "CT", 41692), ("totalseg-mr", "MR", 18480)):

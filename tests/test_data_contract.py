@@ -3,7 +3,6 @@ and its exact inverse, on tiny synthetic sites and on the real TotalSegmentator 
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import nibabel as nib

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from tqdm.auto import tqdm
 
 from .contract import SiteDataset
 from .errors import DataError
 from .preprocess import PreparedVolume, PreprocessConfig, VolumePreprocessor
-
-log = logging.getLogger(__name__)
-
 
 class SiteSlices:
     """Loads, checks and preprocesses a site's cases lazily per split, then keeps them.

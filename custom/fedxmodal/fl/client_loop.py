@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import sys
 import zlib
 from dataclasses import dataclass, field

@@ -45,12 +45,6 @@ def engine_from_fl_model(model_path, job_dir, device: str = "auto") -> Segmentat
     return engine
 
 
-def export_fl_model(model_path, job_dir, out_path, **meta) -> Path:
-    """Write a self-describing fedxmodal checkpoint (usable without the job folder)."""
-    engine = engine_from_fl_model(model_path, job_dir)
-    return engine.save(out_path, **{**engine.meta, **meta})
-
-
 def load_model(model_path, job_dir=None, device: str = "auto") -> SegmentationEngine:
     """A fedxmodal checkpoint, or (with ``job_dir``) a server-persisted NVFlare global model."""
     if job_dir is not None:
