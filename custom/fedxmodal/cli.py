@@ -122,6 +122,12 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_compare(args) -> int:
+    from .apps.compare import run_compare
+
+    return run_compare(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fedxmodal", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -190,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="use these site folders (DATA/ct-site, DATA/mr-site) instead of the phantom")
     s.add_argument("--local-epochs", type=int, default=None)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("compare", help="seed 000's grid: every method x local/centralized/federated (nvflare "
+                                       "simulator), same seed and budget per cell; resumable; table + chart")
+    s.add_argument("--data", required=True, help="folder of site folders (written as a phantom if it has none)")
+    s.add_argument("--task", choices=("abdomen", "heart"), default="abdomen")
+    s.add_argument("--quick", action="store_true", help="small budget (and small phantom): ~10 min on 2 cores")
+    s.add_argument("--out", help="results folder (default: DATA/../compare-TASK[-quick])")
+    s.add_argument("--methods", nargs="+", help="subset of methods (default: all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("totalseg-pair", help="site folders over the real TotalSegmentator CT/MR pair "
                                              "(each volume split into disjoint axial slabs)")

@@ -27,12 +27,13 @@ QUICK = {"num_rounds": 2, "local_epochs": 3, "n_train": 2, "n_val": 1, "n_test":
 
 
 def run_simulator(job_dir: Path, workspace: Path, env: dict, log_path: Path, n_rounds: int,
-                  timeout: float | None = None) -> float:
+                  timeout: float | None = None, sites=SITES, echo: bool = True, indent: str = "  ") -> float:
     """Run the real ``nvflare simulator`` (one thread per site) and show round progress."""
     nvflare = Path(sys.executable).with_name("nvflare")
     cmd = [str(nvflare) if nvflare.exists() else "nvflare", "simulator", str(job_dir), "-w", str(workspace),
-           "-n", str(len(SITES)), "-t", str(len(SITES)), "-c", ",".join(SITES)]
-    print("$ " + " ".join(cmd), flush=True)
+           "-n", str(len(sites)), "-t", str(len(sites)), "-c", ",".join(sites)]
+    if echo:
+        print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     round_re = re.compile(r"Round (\d+) started")
     with open(log_path, "w") as log:
@@ -41,9 +42,10 @@ def run_simulator(job_dir: Path, workspace: Path, env: dict, log_path: Path, n_r
             log.write(line)
             m = round_re.search(line)
             if m:
-                print(f"  round {int(m.group(1)) + 1}/{n_rounds} started ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(f"{indent}round {int(m.group(1)) + 1}/{n_rounds} started ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
             elif "cross site validation" in line.lower() and "start" in line.lower():
-                print("  cross-site evaluation", flush=True)
+                print(f"{indent}cross-site evaluation", flush=True)
         rc = proc.wait(timeout=timeout)
     if rc != 0:
         tail = "".join(open(log_path).readlines()[-30:])

@@ -49,11 +49,14 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
     pooled = [s.slices("training", foreground_only=train.foreground_only) for s in sites]
     images = torch.cat([p[0] for p in pooled])
     labels = torch.cat([p[1] for p in pooled])
-    engine = SegmentationEngine(structures, network, train, preprocess, device=device, writer=writer)
+    domains = torch.cat([torch.full((len(p[0]),), i, dtype=torch.long) for i, p in enumerate(pooled)])
+    engine = SegmentationEngine(structures, network, train, preprocess, device=device, writer=writer,
+                                domains=[s.name for s in sites])
+    engine.method.prepare([p[0] for p in pooled])
     log.info("%s training on %s: %d slices, %d epochs", regime, [s.name for s in sites], len(images), epochs)
     history, best, t0 = [], -1.0, time.perf_counter()
     for epoch in range(1, epochs + 1):
-        fit = engine.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress)
+        fit = engine.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress, domains=domains)
         val = validation_dice(engine, sites)
         history.append({"epoch": epoch, "loss": fit["loss"], "val_dice": val})
         writer.add_scalar("val/mean_dice", val, epoch)

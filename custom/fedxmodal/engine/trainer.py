@@ -72,8 +72,10 @@ class SegmentationEngine:
     """
 
     def __init__(self, structures, network: UNetConfig | None = None, train: TrainConfig | None = None,
-                 preprocess: PreprocessConfig | None = None, device: str = "auto", writer=None):
+                 preprocess: PreprocessConfig | None = None, device: str = "auto", writer=None,
+                 domains=()):
         self.structures = tuple(structures)
+        self.domains = tuple(domains)  # names of the sites trained on, in domain-index order
         self.network = network or UNetConfig()
         self.train_config = train or TrainConfig()
         self.preprocess = preprocess or PreprocessConfig()
@@ -97,9 +99,10 @@ class SegmentationEngine:
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, desc: str = "train",
-            progress: bool = True, should_stop=None) -> dict:
-        """Train ``epochs`` passes over (N,1,S,S) images / (N,S,S) labels; returns mean loss,
-        slices seen, steps and wall time. ``should_stop()`` is polled per step (NVFlare abort)."""
+            progress: bool = True, should_stop=None, domains: torch.Tensor | None = None) -> dict:
+        """Train ``epochs`` passes over (N,1,S,S) images / (N,S,S) labels (and (N,) domain index
+        per slice, for the methods that use it); returns mean loss, slices seen, steps and wall
+        time. ``should_stop()`` is polled per step (NVFlare abort)."""
         if images.shape[0] == 0:
             raise ValueError("no training slices")
         if not torch.isfinite(images).all():
@@ -117,10 +120,11 @@ class SegmentationEngine:
                     return self._fit_summary(losses, n, steps, t0, aborted=True)
                 x = images[idx].to(self.device, non_blocking=True)
                 y = labels[idx].to(self.device, non_blocking=True).long()
+                d = None if domains is None else domains[idx].to(self.device)
                 if self.spatial is not None:
                     x, y = self.spatial(x, y)
                 with torch.autocast(self.device.type, enabled=self.use_amp):
-                    loss, logs = self.method.training_loss(self.model, x, y, self.seg_loss)
+                    loss, logs = self.method.training_loss(self.model, x, y, self.seg_loss, domains=d)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
                 self.optimizer.zero_grad(set_to_none=True)
@@ -145,29 +149,33 @@ class SegmentationEngine:
 
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_slices(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """(Z, 1, S, S) -> (Z, C, S, S) softmax probabilities (on CPU)."""
+    def predict_slices(self, images: torch.Tensor, batch_size: int = 32, domain: int | None = None) -> torch.Tensor:
+        """(Z, 1, S, S) -> (Z, C, S, S) softmax probabilities (on CPU). ``domain``: index of the
+        training site the images come from (domain-specific normalization), None if unknown."""
         self.model.eval()
         out = []
         for i in range(0, images.shape[0], batch_size):
             x = images[i:i + batch_size].to(self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                out.append(torch.softmax(self.model(x).float(), 1).cpu())
+                out.append(torch.softmax(self.method.infer(self.model, x, domain).float(), 1).cpu())
         return torch.cat(out)
 
-    def predict_volume(self, vol: PreparedVolume, preprocessor: VolumePreprocessor) -> np.ndarray:
+    def predict_volume(self, vol: PreparedVolume, preprocessor: VolumePreprocessor,
+                       domain: int | None = None) -> np.ndarray:
         """A prepared volume -> (X, Y, Z) uint8 class indices on the volume's original grid."""
-        probs = preprocessor.invert(vol, self.predict_slices(vol.image))
+        probs = preprocessor.invert(vol, self.predict_slices(vol.image, domain=domain))
         return probs.argmax(0).numpy().astype(np.uint8)
 
     def evaluate(self, site_slices, split: str = "test", hd95: bool = False, progress: bool = False) -> dict:
-        """Per-volume 3D Dice per structure on one site's split (on the original grids)."""
+        """Per-volume 3D Dice per structure on one site's split (on the original grids). A site the
+        engine trained on is run as its own domain (matters for domain-specific normalization)."""
+        domain = self.domains.index(site_slices.name) if site_slices.name in self.domains else None
         per_volume = []
         vols = site_slices.volumes(split)
         for vol in tqdm(vols, desc=f"eval {site_slices.name}/{split}", leave=False, disable=not progress):
             if vol.ref_label is None:
                 continue
-            pred = self.predict_volume(vol, site_slices.preprocessor)
+            pred = self.predict_volume(vol, site_slices.preprocessor, domain=domain)
             m = volume_metrics(pred, vol.ref_label, self.structures, spacing=vol.spacing, hd95=hd95)
             m["case"] = vol.case.case_id
             per_volume.append(m)
@@ -187,7 +195,8 @@ class SegmentationEngine:
     def checkpoint(self, **meta) -> dict:
         return {"format": CHECKPOINT_FORMAT, "structures": list(self.structures),
                 "network": self.network.to_dict(), "preprocess": self.preprocess.to_dict(),
-                "train": self.train_config.to_dict(), "model": self.get_weights(), "meta": meta}
+                "train": self.train_config.to_dict(), "domains": list(self.domains), "model": self.get_weights(),
+                "meta": meta}
 
     def save(self, path, **meta) -> Path:
         path = Path(path)
@@ -208,7 +217,8 @@ class SegmentationEngine:
             raise ValueError(f"{path}: not a fedxmodal checkpoint (expected format {CHECKPOINT_FORMAT}){hint}")
         engine = cls(ckpt["structures"], network=UNetConfig.from_dict(ckpt["network"]),
                      train=TrainConfig.from_dict({**ckpt.get("train", {}), **overrides}),
-                     preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), device=device)
+                     preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), device=device,
+                     domains=ckpt.get("domains", ()))
         engine.set_weights(ckpt["model"])
         engine.meta = ckpt.get("meta", {})
         return engine

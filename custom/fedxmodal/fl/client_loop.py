@@ -274,6 +274,7 @@ def run_client(
     key_metric: str = "dice",
     site: Optional[SiteContext] = None,
     on_task: Optional[Callable[[str, Any], None]] = None,
+    task_handlers: Optional[Mapping[str, Callable[[Any], Any]]] = None,
 ) -> None:
     """Serve NVFlare tasks until the job ends. Call :func:`init_site` (or ``flare.init()``) first.
 
@@ -292,6 +293,8 @@ def run_client(
         site: the :func:`init_site` result (for its TensorBoard writer); created when None.
         on_task: optional hook ``on_task(task_name, fl_model)`` called for every received task
             (logging/testing).
+        task_handlers: ``{task_name: fn(fl_model) -> FLModel}`` for a method's own tasks (e.g.
+            FedDG's amplitude exchange before training); the returned FLModel is sent back.
     """
     import nvflare.client as flare
     from nvflare.client import FLModel, ParamsType
@@ -315,6 +318,10 @@ def run_client(
         task = flare.get_task_name()
         if on_task is not None:
             on_task(task, input_model)
+
+        if task_handlers and task in task_handlers:
+            flare.send(task_handlers[task](input_model))
+            continue
 
         if flare.is_submit_model():
             if local_weights is None:

@@ -64,6 +64,10 @@ def main(argv=None) -> None:
         raise RuntimeError(f"site {site.site_name}: bad data: {exc}") from None
     engine = SegmentationEngine(structures, UNetConfig.from_dict(network), train_cfg, preprocess,
                                 device=args["device"], writer=site.writer)
+    engine.method.prepare([images])
+    get_weights, set_weights = engine.get_weights, engine.set_weights
+    if getattr(engine.method, "keeps_batchnorm_local", False):
+        get_weights, set_weights = fedbn_weight_access(engine)
     log.info("[%s] %s: %d training slices, method %s, device %s", site.site_name, data.modality,
              len(images), train_cfg.method, engine.device)
 
@@ -76,12 +80,57 @@ def main(argv=None) -> None:
         train_fn=train,
         validate_fn=lambda: aggregate_metrics(engine.evaluate(data, "validation")),
         evaluate_fn=lambda: aggregate_metrics(engine.evaluate(data, "test")),
-        get_weights=engine.get_weights,
-        set_weights=engine.set_weights,
+        get_weights=get_weights,
+        set_weights=set_weights,
         n_train_items=len(images),
         key_metric=args["key_metric"],
         site=site,
+        task_handlers=method_task_handlers(engine.method, images, site.site_name),
     )
+
+
+def fedbn_weight_access(engine):
+    """FedBN: BatchNorm tensors (affine + running statistics) stay at the site. They are never sent,
+    and received ones are ignored once the site has its own (the first global model initialises
+    them)."""
+    from fedxmodal.networks.domain_norm import batchnorm_state_keys
+
+    local_keys = batchnorm_state_keys(engine.model)
+    state = {"initialised": False}
+
+    def get_weights():
+        return {k: v for k, v in engine.get_weights().items() if k not in local_keys}
+
+    def set_weights(weights):
+        if state["initialised"]:
+            own = engine.get_weights()
+            weights = {**{k: own[k] for k in local_keys}, **{k: v for k, v in weights.items() if k not in local_keys}}
+        engine.set_weights(weights)
+        state["initialised"] = True
+
+    return get_weights, set_weights
+
+
+def method_task_handlers(method, images, site_name):
+    """A method's own NVFlare tasks. FedDG: share this site's low-frequency amplitude squares
+    (``fedxmodal.fl.feddg.SHARE_TASK``), then receive the other sites' (``RECEIVE_TASK``)."""
+    if not hasattr(method, "fl_share"):
+        return {}
+    from nvflare.client import FLModel, ParamsType
+
+    from fedxmodal.fl.feddg import RECEIVE_TASK, SHARE_TASK
+
+    def share(_model):
+        payload = {k: v.float().contiguous() for k, v in method.fl_share(images).items()}
+        log.info("[%s] sharing %s", site_name, {k: tuple(v.shape) for k, v in payload.items()})
+        return FLModel(params=payload, params_type=ParamsType.FULL)
+
+    def receive(model):
+        n = method.fl_receive(model.params)
+        log.info("[%s] received %d amplitude spectra of other sites", site_name, n)
+        return FLModel(metrics={"bank_size": n})
+
+    return {SHARE_TASK: share, RECEIVE_TASK: receive}
 
 
 if __name__ == "__main__":

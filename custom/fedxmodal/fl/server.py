@@ -47,7 +47,7 @@ import torch
 
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
-from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model import ModelLearnable
 from nvflare.app_common.app_constant import AppConstants, DefaultCheckpointFileName
 from nvflare.app_common.app_event_type import AppEventType
@@ -267,6 +267,7 @@ class ResumableFedAvg(FedAvg):
         exclude_vars: Optional[str] = None,
         aggregation_weights: Optional[Dict[str, float]] = None,
         ignore_result_error: Optional[bool] = None,
+        aggregator=None,
     ):
         """NVFlare's FedAvg (weighted by NUM_STEPS_CURRENT_ROUND, model persisted every round)
         that continues an interrupted run from the persistor's checkpoint (see module doc).
@@ -277,6 +278,9 @@ class ResumableFedAvg(FedAvg):
             persistor_id: id of the (Resumable)PTFileModelPersistor component.
             task_check_period: how often the controller checks its tasks (s); lower = less latency.
             exclude_vars, aggregation_weights, ignore_result_error: as FedAvg.
+            aggregator: a ModelAggregator (e.g. fedxmodal.fl.aggregators.FedBNAggregator) instead of
+                the built-in weighted average. An aggregate that covers only some tensors updates
+                only those; the global model keeps the rest (FedBN's site-local BatchNorm).
         """
         super().__init__(
             num_clients=num_clients,
@@ -286,6 +290,7 @@ class ResumableFedAvg(FedAvg):
             exclude_vars=exclude_vars,
             aggregation_weights=aggregation_weights,
             ignore_result_error=ignore_result_error,
+            aggregator=aggregator,
         )
         self.ignore_result_error = ignore_result_error
         self._total_rounds = num_rounds
@@ -300,6 +305,13 @@ class ResumableFedAvg(FedAvg):
                 f"Resuming at round {self.start_round} of {self._total_rounds} ({self.num_rounds} round(s) left)."
             )
         return model
+
+    def update_model(self, model, aggr_result):
+        if aggr_result.params_type == ParamsType.FULL and model.params and aggr_result.params:
+            kept = {k: v for k, v in model.params.items() if k not in aggr_result.params}
+            if kept:  # a partial FULL update: keep the tensors nobody averaged
+                aggr_result.params = {**kept, **aggr_result.params}
+        return super().update_model(model, aggr_result)
 
     def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None):
         if data is not None:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from monai.networks.nets import UNet
 
+from .domain_norm import convert_to_multibranch
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -18,6 +20,7 @@ class UNetConfig:
     num_res_units: int = 1
     norm: str = "batch"
     dropout: float = 0.0
+    norm_branches: int = 1  # >1: every BatchNorm gets that many branches (DSBN, Dual-Norm)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,9 +37,10 @@ class UNetConfig:
 def build_unet(n_structures: int, config: UNetConfig | None = None, in_channels: int = 1) -> UNet:
     """(B, in_channels, H, W) -> (B, n_structures + 1, H, W) logits; H, W divisible by 2**len(strides)."""
     c = config or UNetConfig()
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=n_structures + 1,
-                channels=c.channels, strides=c.strides, num_res_units=c.num_res_units,
-                norm=c.norm, dropout=c.dropout)
+    net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=n_structures + 1,
+               channels=c.channels, strides=c.strides, num_res_units=c.num_res_units,
+               norm=c.norm, dropout=c.dropout)
+    return convert_to_multibranch(net, c.norm_branches)
 
 
 class SegmentationUNet(UNet):
@@ -47,12 +51,14 @@ class SegmentationUNet(UNet):
     touching the caller's random state; ``None`` draws them from the global RNG."""
 
     def __init__(self, n_structures: int, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units: int = 1,
-                 norm: str = "batch", dropout: float = 0.0, init_seed: int | None = 0):
+                 norm: str = "batch", dropout: float = 0.0, norm_branches: int = 1, init_seed: int | None = 0):
         with torch.random.fork_rng(devices=[]):
             if init_seed is not None:
                 torch.manual_seed(init_seed)
             super().__init__(spatial_dims=2, in_channels=1, out_channels=n_structures + 1, channels=tuple(channels),
                              strides=tuple(strides), num_res_units=num_res_units, norm=norm, dropout=dropout)
+            convert_to_multibranch(self, norm_branches)
+        self.norm_branches = norm_branches
         self.init_seed = init_seed
         self.n_structures = n_structures
         self.channels = tuple(channels)

@@ -1,0 +1,345 @@
+"""``compare``: seed 000's comparison grid -- every augmentation / normalization method x every
+training regime, on a set of sites, with one seed and one budget for every cell.
+
+Regimes: ``local:<site>`` (one site alone), ``centralized`` (all sites pooled) and ``federated``
+(FedAvg in the real ``nvflare simulator``, one NVFlare job per method). Every cell trains through
+the one engine and reports its FINAL model's per-volume 3D Dice on every site's test split:
+local/centralized cells evaluate here; a federated cell reports what the sites measured on the
+final global model in NVFlare's cross-site evaluation (aggregate metrics only, as in a real
+federation; FedBN sites use their own BatchNorm there).
+
+Cells that a method cannot have are marked n/a instead of run: FedDG amplitude exchange and DSBN
+need at least two domains, so they have no local cell.
+
+Every finished cell is a JSON file under ``<out>/cells/``; a rerun skips them (resume), and
+refuses to mix cells of a different grid (budget, seed, task, sites) into the same folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..data.contract import TASK_STRUCTURES
+from ..engine.methods import METHODS
+from ..engine.trainer import TrainConfig
+from ..fl.job import export_job, load_spec
+from ..metrics.report import _fmt
+from ..networks.unet import UNetConfig
+from .demo import REPO, run_simulator
+
+METHOD_ORDER = ("none", "randconv", "feddg_amp", "freq_hp", "dsbn", "dualnorm", "gin", "gin_ipa")
+METHOD_LABELS = {"none": "none (spatial only)", "randconv": "RandConv", "feddg_amp": "FedDG amplitude",
+                 "freq_hp": "Butterworth high-pass", "dsbn": "DSBN / FedBN", "dualnorm": "Dual-Norm",
+                 "gin": "GIN", "gin_ipa": "GIN + IPA"}
+NEEDS_DOMAINS = ("feddg_amp", "dsbn")  # no local cell
+# Per cell: local/centralized train `rounds * local_epochs` epochs, federated `rounds` x `local_epochs`.
+BUDGETS = {"default": {"rounds": 6, "local_epochs": 2},
+           "quick": {"rounds": 2, "local_epochs": 1}}
+QUICK_PHANTOM = {"n_train": 2, "n_val": 1, "n_test": 1}
+
+
+def discover_sites(data: Path) -> list[str]:
+    return sorted(p.name for p in data.iterdir() if (p / "dataset.json").is_file()) if data.is_dir() else []
+
+
+def grid_cells(methods, sites) -> list[tuple[str, str]]:
+    regimes = [f"local:{s}" for s in sites] + ["centralized", "federated"]
+    return [(m, r) for m in methods for r in regimes]
+
+
+def applicable(method: str, regime: str) -> bool:
+    return not (regime.startswith("local:") and method in NEEDS_DOMAINS)
+
+
+def cell_name(method: str, regime: str) -> str:
+    return f"{method}__{regime.replace(':', '-')}"
+
+
+def federated_spec(base: dict, method: str, *, sites, structures, rounds: int, local_epochs: int, seed: int,
+                   method_args: dict | None = None) -> dict:
+    """The NVFlare job of one method: the FedGIN job with the method, its network and what the
+    method adds on the server (FedDG's amplitude exchange, FedBN's aggregator)."""
+    spec = copy.deepcopy(base)
+    method_cls = METHODS[method]
+    spec["name"] = f"compare_{method}"
+    spec["num_rounds"] = rounds
+    spec["min_clients"] = len(sites)
+    spec["model"]["args"].update(n_structures=len(structures), init_seed=seed,
+                                 **method_cls.network_overrides("federated", len(sites)))
+    ca = spec["client_args"]
+    ca.update(method=method, local_epochs=local_epochs, seed=seed, structures=list(structures))
+    ca["train"] = {**ca.get("train", {}), "method_args": dict(method_args or {})}
+    for key, value in copy.deepcopy(method_cls.federated_job).items():
+        if key == "pre_workflows":
+            for wf in value:
+                wf["args"].setdefault("min_sites", len(sites))
+        spec[key] = value
+    return spec
+
+
+def _summary_from_metrics(metrics: dict, structures) -> dict:
+    """NVFlare cross-site metrics (``dice``, ``dice_<structure>``, ``n_volumes``) -> a summary."""
+    dice = {s: float(metrics.get(f"dice_{s}", math.nan)) for s in structures}
+    return {"mean_dice": float(metrics["dice"]), "dice": dice, "n_volumes": int(metrics.get("n_volumes", 0))}
+
+
+class CompareGrid:
+    def __init__(self, data: Path, out: Path, task: str, quick: bool, seed: int = 0, methods=None,
+                 device: str = "auto"):
+        self.data, self.out, self.task, self.quick, self.seed, self.device = data, out, task, quick, seed, device
+        self.structures = TASK_STRUCTURES[task]
+        self.budget = BUDGETS["quick" if quick else "default"]
+        self.methods = tuple(methods or METHOD_ORDER)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+        self.sites = discover_sites(data)
+        self.base_spec = load_spec(REPO / "jobs" / "specs" / "fedgin.json")
+        self.config = {"task": task, "structures": list(self.structures), "seed": seed, "budget": self.budget,
+                       "sites": self.sites, "train": {k: v for k, v in self.base_spec["client_args"]["train"].items()
+                                                      if k != "method_args"},
+                       "model": {k: v for k, v in self.base_spec["model"]["args"].items() if k != "init_seed"},
+                       "preprocess": self.base_spec["client_args"]["preprocess"]}
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def check_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "grid.json"
+        digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:12]
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("digest") != digest:
+                raise SystemExit(f"{self.out} holds a grid with other settings ({path}); use another --out "
+                                 "or delete it")
+        path.write_text(json.dumps({**self.config, "digest": digest}, indent=2))
+
+    def cell_path(self, method, regime) -> Path:
+        return self.out / "cells" / f"{cell_name(method, regime)}.json"
+
+    # ---- cells -----------------------------------------------------------------------------
+    def _train_config(self, method) -> TrainConfig:
+        train = dict(self.config["train"])
+        return TrainConfig.from_dict({**train, "method": method, "method_args": {}, "seed": self.seed})
+
+    def _network(self, method, regime, n_domains) -> UNetConfig:
+        net = {k: v for k, v in self.config["model"].items() if k != "n_structures"}
+        net.update(METHODS[method].network_overrides(regime, n_domains))
+        return UNetConfig.from_dict(net)
+
+    def run_local_or_centralized(self, method, regime, cell_dir: Path) -> dict:
+        from ..data.preprocess import PreprocessConfig
+        from ..engine.regimes import train_regime
+
+        train_sites = [regime.split(":", 1)[1]] if regime.startswith("local:") else list(self.sites)
+        kind = "local" if regime.startswith("local:") else "centralized"
+        epochs = self.budget["rounds"] * self.budget["local_epochs"]
+        res = train_regime(kind, [str(self.data / s) for s in train_sites], self.structures, cell_dir, epochs=epochs,
+                           eval_sites=[str(self.data / s) for s in self.sites], train=self._train_config(method),
+                           network=self._network(method, kind, len(train_sites)),
+                           preprocess=PreprocessConfig.from_dict(self.config["preprocess"]), device=self.device,
+                           progress=False)
+        return {"train_sites": train_sites, "per_site": res["models"]["final"], "epochs": epochs,
+                "n_train_slices": res["n_train_slices"], "model": str(cell_dir / "final_model.pt")}
+
+    def run_federated(self, method, cell_dir: Path) -> dict:
+        spec = federated_spec(self.base_spec, method, sites=self.sites, structures=self.structures,
+                              rounds=self.budget["rounds"], local_epochs=self.budget["local_epochs"], seed=self.seed)
+        job = export_job(cell_dir / "job", **spec)
+        workspace = cell_dir / "workspace"
+        shutil.rmtree(workspace, ignore_errors=True)
+        # The checkpoint folder outlives the run: an interrupted federated cell resumes its rounds.
+        env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(self.data), "PYTHONUNBUFFERED": "1",
+               "FEDXMODAL_CHECKPOINT_DIR": str(cell_dir / "checkpoints")}
+        run_simulator(job, workspace, env, cell_dir / "simulator.log", spec["num_rounds"], sites=self.sites,
+                      echo=False, indent="    ")
+        run_dir = workspace / "server" / "simulate_job"
+        cse_path = run_dir / "cross_site_val" / "cross_val_results.json"
+        if not cse_path.is_file():
+            raise RuntimeError(f"federated {method}: no cross-site evaluation results ({cse_path}); "
+                               f"see {cell_dir / 'simulator.log'}")
+        cse = json.loads(cse_path.read_text())
+        per_site = {}
+        for site in self.sites:
+            metrics = cse.get(site, {}).get("SRV_FL_global_model.pt")
+            if not metrics or "dice" not in metrics:
+                raise RuntimeError(f"federated {method}: site {site} reported no evaluation of the global model "
+                                   f"({cse_path})")
+            per_site[site] = _summary_from_metrics(metrics, self.structures)
+        model_dir = cell_dir / "model"
+        model_dir.mkdir(exist_ok=True)
+        shutil.copy2(run_dir / "app_server" / "FL_global_model.pt", model_dir / "FL_global_model.pt")
+        return {"train_sites": list(self.sites), "per_site": per_site, "rounds": spec["num_rounds"],
+                "local_epochs": spec["client_args"]["local_epochs"], "model": str(model_dir / "FL_global_model.pt"),
+                "job": str(job)}
+
+    def run(self) -> dict:
+        if len(self.sites) < 2:
+            raise SystemExit(f"{self.data}: the grid needs at least two site folders (found {self.sites})")
+        self.check_config()
+        cells = grid_cells(self.methods, self.sites)
+        todo = [(m, r) for m, r in cells if applicable(m, r)]
+        print(f"compare: task {self.task}, sites {', '.join(self.sites)}, {len(todo)} cells "
+              f"({len(cells) - len(todo)} n/a), budget {self.budget['rounds']} rounds x "
+              f"{self.budget['local_epochs']} local epochs (= {self.budget['rounds'] * self.budget['local_epochs']} "
+              f"epochs for local/centralized), seed {self.seed}; results in {self.out}", flush=True)
+        t_grid = time.perf_counter()
+        for i, (method, regime) in enumerate(todo, 1):
+            path = self.cell_path(method, regime)
+            tag = f"[{i}/{len(todo)}] {method} x {regime}"
+            if path.is_file():
+                print(f"{tag}: done earlier, skipped", flush=True)
+                continue
+            print(f"{tag} ...", flush=True)
+            cell_dir = self.out / "runs" / cell_name(method, regime)
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            if regime == "federated":
+                res = self.run_federated(method, cell_dir)
+            else:
+                res = self.run_local_or_centralized(method, regime, cell_dir)
+            res.update(method=method, regime=regime, seconds=time.perf_counter() - t0, seed=self.seed,
+                       task=self.task, budget=self.budget,
+                       modality={s: json.loads((self.data / s / "dataset.json").read_text()).get("modality", "?")
+                                 for s in self.sites})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=2))
+            tmp.replace(path)  # a cell counts as done only once its JSON is complete
+            dice = ", ".join(f"{s} {res['per_site'][s]['mean_dice']:.3f}" for s in self.sites)
+            print(f"{tag}: {res['seconds']:.0f} s, mean Dice {dice}", flush=True)
+        print(f"grid finished in {time.perf_counter() - t_grid:.0f} s", flush=True)
+        return self.report()
+
+    # ---- report ----------------------------------------------------------------------------
+    def load_cells(self) -> dict:
+        cells = {}
+        for m, r in grid_cells(self.methods, self.sites):
+            p = self.cell_path(m, r)
+            if p.is_file():
+                cells[(m, r)] = json.loads(p.read_text())
+        return cells
+
+    def report(self) -> dict:
+        cells = self.load_cells()
+        modality = {s: json.loads((self.data / s / "dataset.json").read_text()).get("modality", s) for s in self.sites}
+        md = render_table(cells, self.methods, self.sites, modality, self.structures)
+        ratios = fed_central_ratios(cells, self.methods, self.sites)
+        md += "\n" + render_ratios(ratios, self.sites, modality)
+        header = (f"# Comparison grid ({self.task}, {'quick' if self.quick else 'default'} budget)\n\n"
+                  f"Sites: {', '.join(f'{s} ({modality[s]})' for s in self.sites)} in {self.data}; seed {self.seed}; "
+                  f"budget {self.budget['rounds']} rounds x {self.budget['local_epochs']} local epochs "
+                  f"(local/centralized: {self.budget['rounds'] * self.budget['local_epochs']} epochs). "
+                  "Final models; 3D Dice per structure, mean over each site's test volumes. "
+                  "Command: `python -m fedxmodal compare --data DATA --task TASK"
+                  f"{' --quick' if self.quick else ''}`.\n\n")
+        (self.out / "compare.md").write_text(header + md)
+        summary = {"config": self.config, "cells": {cell_name(m, r): c for (m, r), c in cells.items()},
+                   "fed_central_ratio": ratios}
+        (self.out / "compare.json").write_text(json.dumps(summary, indent=2))
+        plot_grid(cells, self.methods, self.sites, modality, self.out / "compare.png",
+                  title=f"{self.task}: mean 3D Dice on each site's test set")
+        print(header + md)
+        print(f"table {self.out / 'compare.md'}, chart {self.out / 'compare.png'}, data {self.out / 'compare.json'}")
+        return summary
+
+
+def regime_label(regime: str, modality: dict) -> str:
+    if regime.startswith("local:"):
+        site = regime.split(":", 1)[1]
+        return f"local {modality.get(site, site)} only"
+    return regime
+
+
+def render_table(cells, methods, sites, modality, structures) -> str:
+    cols = [f"{modality[s]} {k}" for s in sites for k in (*structures, "mean")]
+    head = "| method | regime | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols) + "\n"
+    rows = []
+    for m, r in grid_cells(methods, sites):
+        name = f"| {METHOD_LABELS.get(m, m)} | {regime_label(r, modality)} | "
+        if not applicable(m, r):
+            rows.append(name + " | ".join(["n/a"] * len(cols)) + " |\n")
+            continue
+        c = cells.get((m, r))
+        if c is None:
+            rows.append(name + " | ".join(["…"] * len(cols)) + " |\n")
+            continue
+        vals = []
+        for s in sites:
+            summ = c["per_site"][s]
+            vals += [_fmt(summ["dice"].get(k)) for k in structures] + [f"**{_fmt(summ['mean_dice'])}**"]
+        rows.append(name + " | ".join(vals) + " |\n")
+    return head + "".join(rows)
+
+
+def fed_central_ratios(cells, methods, sites) -> dict:
+    out = {}
+    for m in methods:
+        fed, cen = cells.get((m, "federated")), cells.get((m, "centralized"))
+        if fed and cen:
+            out[m] = {s: (fed["per_site"][s]["mean_dice"] / cen["per_site"][s]["mean_dice"]
+                          if cen["per_site"][s]["mean_dice"] > 0 else None) for s in sites}
+    return out
+
+
+def render_ratios(ratios, sites, modality) -> str:
+    lines = ["Federated / centralized mean Dice (seed 000: 0.93-0.98 for GIN):\n",
+             "| method | " + " | ".join(modality[s] for s in sites) + " |",
+             "|---|" + "---|" * len(sites)]
+    for m, r in ratios.items():
+        lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(_fmt(r[s]) for s in sites) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_grid(cells, methods, sites, modality, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    regimes = [f"local:{s}" for s in sites] + ["centralized", "federated"]
+    fig, axes = plt.subplots(1, len(sites), figsize=(6.5 * len(sites), 4.2), sharey=True, squeeze=False)
+    width = 0.8 / len(regimes)
+    x = np.arange(len(methods))
+    for ax, site in zip(axes[0], sites):
+        for j, r in enumerate(regimes):
+            vals = [cells[(m, r)]["per_site"][site]["mean_dice"] if (m, r) in cells else np.nan for m in methods]
+            ax.bar(x + (j - (len(regimes) - 1) / 2) * width, vals, width, label=regime_label(r, modality))
+        ax.set_xticks(x, [METHOD_LABELS.get(m, m) for m in methods], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"test on {site} ({modality[site]})")
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("mean 3D Dice")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_compare(args) -> int:
+    data = Path(args.data).resolve()
+    out = Path(args.out).resolve() if args.out else data.parent / f"compare-{args.task}{'-quick' if args.quick else ''}"
+    if not discover_sites(data):
+        from ..data.phantom import write_phantom_federation
+
+        print(f"{data} has no site folders: writing the {args.task} phantom federation there", flush=True)
+        write_phantom_federation(data, seed=args.seed, task=args.task, **(QUICK_PHANTOM if args.quick else {}))
+    from ..data.check import check_site
+
+    for s in discover_sites(data):
+        report = check_site(data / s, TASK_STRUCTURES[args.task])
+        if not report.ok:
+            print(report.render(), file=sys.stderr)
+            return 1
+    grid = CompareGrid(data, out, args.task, args.quick, seed=args.seed, methods=args.methods, device=args.device)
+    grid.run()
+    return 0
