@@ -68,6 +68,8 @@ def federated_spec(base: dict, method: str, *, sites, structures, rounds: int, l
     """The NVFlare job of one method: the FedGIN job with the method, its network and what the
     method adds on the server (FedDG's amplitude exchange, FedBN's aggregator)."""
     spec = copy.deepcopy(base)
+    for key in ("site_output_filters", "server_input_filters"):  # privacy filters are not part of the grid
+        spec.pop(key, None)
     method_cls = METHODS[method]
     spec["name"] = f"compare_{method}"
     spec["num_rounds"] = rounds
@@ -145,7 +147,8 @@ class CompareGrid:
                            eval_sites=[str(self.data / s) for s in self.sites], train=self._train_config(method),
                            network=self._network(method, kind, len(train_sites)),
                            preprocess=PreprocessConfig.from_dict(self.config["preprocess"]), device=self.device,
-                           progress=False)
+                           progress=False, validate_every=0)
+        print(f"    trained {epochs} epochs on {res['n_train_slices']} slices in {res['seconds']:.0f} s", flush=True)
         return {"train_sites": train_sites, "per_site": res["models"]["final"], "epochs": epochs,
                 "n_train_slices": res["n_train_slices"], "model": str(cell_dir / "final_model.pt")}
 

@@ -29,10 +29,12 @@ def validation_dice(engine: SegmentationEngine, sites: list[SiteSlices]) -> floa
 def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, epochs: int = 10,
                  eval_sites: list[str] | None = None, train: TrainConfig | None = None,
                  network: UNetConfig | None = None, preprocess: PreprocessConfig | None = None,
-                 device: str = "auto", progress: bool = True, writer=None) -> dict:
+                 device: str = "auto", progress: bool = True, writer=None, validate_every: int = 1) -> dict:
     """Train with ``regime`` ('local': exactly one site; 'centralized': pooled sites), keep the
     model with the best validation Dice, evaluate it and the final model on every eval site's
-    test split; writes ``out_dir/{final,best}_model.pt`` and ``evaluation_{final,best}.{json,md}``."""
+    test split; writes ``out_dir/{final,best}_model.pt`` and ``evaluation_{final,best}.{json,md}``.
+    ``validate_every``: validate (and keep the best model) every that many epochs; 0: never (the
+    final model is also the "best")."""
     if regime not in ("local", "centralized"):
         raise ValueError(f"unknown regime {regime!r} (federated runs go through NVFlare: see README)")
     if regime == "local" and len(train_sites) != 1:
@@ -57,6 +59,9 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
     history, best, t0 = [], -1.0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         fit = engine.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress, domains=domains)
+        if not validate_every or epoch % validate_every:
+            history.append({"epoch": epoch, "loss": fit["loss"]})
+            continue
         val = validation_dice(engine, sites)
         history.append({"epoch": epoch, "loss": fit["loss"], "val_dice": val})
         writer.add_scalar("val/mean_dice", val, epoch)
@@ -66,6 +71,8 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
             best = val
             engine.save(out_dir / "best_model.pt", regime=regime, epoch=epoch, val_dice=val)
     engine.save(out_dir / "final_model.pt", regime=regime, epoch=epochs)
+    if best < 0:  # never validated
+        engine.save(out_dir / "best_model.pt", regime=regime, epoch=epochs)
     wall = time.perf_counter() - t0
     eval_dirs = eval_sites or train_sites
     eval_slices = {s.site.root: s for s in sites}
