@@ -9,6 +9,7 @@ model keeps its initial BN tensors (``ResumableFedAvg.update_model`` merges a pa
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Dict, Optional
 
@@ -21,6 +22,7 @@ from nvflare.apis.fl_constant import FLMetaKey
 from fedxmodal.networks.domain_norm import MONAI_NORM_PATTERN
 
 __all__ = ["FedBNAggregator"]
+log = logging.getLogger(__name__)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -66,6 +68,6 @@ class FedBNAggregator(ModelAggregator):
         if not self._sums:
             raise RuntimeError("FedBN aggregation: no shared tensors received this round")
         if self.skipped:
-            self.logger.info(f"FedBN: {len(self.skipped)} BatchNorm tensors left out of the average")
+            log.info(f"FedBN: {len(self.skipped)} BatchNorm tensors left out of the average")
         params = {k: (s / self._weights[k]).astype(np.float32) for k, s in self._sums.items()}
         return FLModel(params=params, params_type=self._params_type or ParamsType.FULL)

@@ -255,6 +255,12 @@ class ResumableIntimeModelSelector(IntimeModelSelector):
                 self.log_info(fl_ctx, f"restored best {self.key_metric} {best} of the resumed run")
 
 
+def merge_partial_update(global_params: Dict, update: Dict) -> Dict:
+    """A FULL aggregate that covers only some tensors (FedBN leaves BatchNorm out) replaces those;
+    the global model keeps the rest as they were."""
+    return {**{k: v for k, v in global_params.items() if k not in update}, **update}
+
+
 class ResumableFedAvg(FedAvg):
     _always_serialize_args = ("num_clients", "num_rounds", "persistor_id", "task_check_period")
 
@@ -308,9 +314,7 @@ class ResumableFedAvg(FedAvg):
 
     def update_model(self, model, aggr_result):
         if aggr_result.params_type == ParamsType.FULL and model.params and aggr_result.params:
-            kept = {k: v for k, v in model.params.items() if k not in aggr_result.params}
-            if kept:  # a partial FULL update: keep the tensors nobody averaged
-                aggr_result.params = {**kept, **aggr_result.params}
+            aggr_result.params = merge_partial_update(model.params, aggr_result.params)
         return super().update_model(model, aggr_result)
 
     def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None):
