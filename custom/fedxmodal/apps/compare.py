@@ -83,6 +83,15 @@ def federated_spec(base: dict, method: str, *, sites, structures, rounds: int, l
     ca = spec["client_args"]
     ca.update(method=method, local_epochs=local_epochs, seed=seed, structures=list(structures))
     ca["train"] = {**ca.get("train", {}), "method_args": dict(method_args or {})}
+    declared = method_cls.guard_declarations(int(ca.get("preprocess", {}).get("size", 128)), method_args)
+    if declared and spec.get("output_guard"):  # declare what the method's sites share
+        guard = dict(spec["output_guard"]) if isinstance(spec["output_guard"], dict) else {}
+        guard["extra_tasks"] = {**guard.get("extra_tasks", {}), **declared.get("extra_tasks", {})}
+        if declared.get("metrics"):
+            from ..fl.guard import DEFAULT_METRIC_PATTERNS
+
+            guard["metrics"] = [*guard.get("metrics", DEFAULT_METRIC_PATTERNS), *declared["metrics"]]
+        spec["output_guard"] = guard
     for key, value in copy.deepcopy(method_cls.federated_job).items():
         if key == "pre_workflows":
             for wf in value:

@@ -37,6 +37,12 @@ class PlainMethod:
         """UNetConfig fields this method needs in ``regime`` ('local', 'centralized', 'federated')."""
         return {}
 
+    @classmethod
+    def guard_declarations(cls, image_size: int, method_args: dict | None = None) -> dict:
+        """What this method's sites send beyond weights and metrics, declared to the output guard
+        (``fedxmodal.fl.guard.OutputGuard`` arguments ``extra_tasks`` and ``metrics``)."""
+        return {}
+
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         return images
 
@@ -126,6 +132,16 @@ class FedDGAmplitudeMethod(PlainMethod):
         self.n_share = n_share
         self.bank = None  # (M, 1, s, s) amplitude squares
         self.bank_domains = None  # (M,) domain of each bank entry (centralized) or None
+
+    @classmethod
+    def guard_declarations(cls, image_size, method_args=None):
+        from ..transforms.frequency import low_freq_half_width
+
+        ratio = (method_args or {}).get("ratio", 0.1)
+        side = 2 * low_freq_half_width(image_size, image_size, ratio) + 1
+        return {"extra_tasks": {"share_amplitudes": {"params": {"amplitudes": [None, 1, side, side]}},
+                                "receive_amplitudes": {"metrics": True}},
+                "metrics": ["bank_size"]}
 
     def prepare(self, per_domain_images) -> None:
         if len(per_domain_images) < 2:
