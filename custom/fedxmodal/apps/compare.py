@@ -41,7 +41,7 @@ METHOD_LABELS = {"none": "none (spatial only)", "randconv": "RandConv", "feddg_a
                  "gin": "GIN", "gin_ipa": "GIN + IPA"}
 NEEDS_DOMAINS = ("feddg_amp", "dsbn")  # no local cell
 # Per cell: local/centralized train `rounds * local_epochs` epochs, federated `rounds` x `local_epochs`.
-BUDGETS = {"default": {"rounds": 6, "local_epochs": 2},
+BUDGETS = {"default": {"rounds": 12, "local_epochs": 1},
            "quick": {"rounds": 2, "local_epochs": 1}}
 # The grid's optimiser: at 12 epochs, batch 8 / lr 2e-3 learns far more than the FedGIN job's
 # batch 16 / lr 1e-3 (CT-only "none", CT test Dice 0.62 vs 0.15 on the abdominal phantom); the
