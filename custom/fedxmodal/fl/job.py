@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import fedxmodal
-from fedxmodal.fl.client_loop import format_client_args
+from fedxmodal.fl.client_loop import format_client_args, instantiate
 
 PACKAGE_DIR = Path(fedxmodal.__file__).resolve().parent
 
@@ -67,7 +67,14 @@ def build_job(
     extra_files: Sequence[str] = (),
     package_dir: Optional[str] = None,
     launch_external_process: bool = False,
+    resource_spec: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    pre_workflows: Sequence[Mapping[str, Any]] = (),
+    aggregator: Optional[Mapping[str, Any]] = None,
     external_command: str = "python3 -u",
+    site_output_filters: Sequence[Mapping[str, Any]] = (),
+    server_input_filters: Sequence[Mapping[str, Any]] = (),
+    output_guard: Any = None,
+    ignore_result_error: Optional[bool] = None,
 ):
     """Build the FedJob (not yet written anywhere; see :func:`export_job`).
 
@@ -100,10 +107,30 @@ def build_job(
             0.5 s otherwise); None to leave NVFlare's default.
         extra_files: more files/folders copied into ``app/custom/`` (e.g. modules the client
             script imports that are not in the package).
+        pre_workflows: server workflows run before FedAvg, each ``{"path": ..., "args": {...}}``
+            (e.g. FedDG's ``fedxmodal.fl.feddg.AmplitudeExchange``).
+        aggregator: ``{"path": ..., "args": {...}}`` of a ModelAggregator replacing FedAvg's
+            weighted average (e.g. ``fedxmodal.fl.aggregators.FedBNAggregator``).
         package_dir: the ``fedxmodal`` package folder to ship (default: the imported one).
         launch_external_process: run the script in its own process (``<external_command>
             custom/<script>``, the site's ``python3`` by default) instead of inside the NVFlare
             client process (the default: faster, no extra process).
+        resource_spec: what each site must give the job (meta.json ``resource_spec``), keyed by
+            site name or ``"@default"`` (every site), e.g. ``{"@default": {"num_of_gpus": 1}}``;
+            NVFlare schedules the job only where the site's resource manager grants it and sets
+            the job process's ``CUDA_VISIBLE_DEVICES`` to the GPU(s) granted (docs/deployment.md).
+        site_output_filters: task-result filters at every site, in order, each
+            ``{"path": "pkg.Class", "args": {...}}`` (e.g. ``fedxmodal.fl.privacy.GaussianDPFilter``,
+            NVFlare's ``PercentilePrivacy`` / ``SVTPrivacy`` / ``ExcludeVars``,
+            ``fedxmodal.fl.privacy.ModelQuantizer``); update filters need ``params_transfer_type="DIFF"``.
+        server_input_filters: task-result filters at the server (e.g. ``fedxmodal.fl.privacy.ModelDequantizer``).
+        output_guard: ``True`` or the arguments of :class:`fedxmodal.fl.guard.OutputGuard` (e.g.
+            ``{"metrics": ["dice", "dice_.*"]}``): the sites' LAST result filter, refusing anything but
+            the job's tensors (names/shapes from ``model``) and scalar metrics; TensorBoard records
+            are limited to scalars. See docs/privacy.md.
+        ignore_result_error: FedAvg's policy for a failed or refused site result: None (NVFlare's
+            default: go on without the site while enough sites remain, else stop the job), True
+            (always go on), False (always stop).
     """
     from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
     from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
@@ -114,6 +141,7 @@ def build_job(
     from nvflare.job_config.file_source import FileSource
 
     from fedxmodal.fl.server import ResumableFedAvg, ResumableIntimeModelSelector, ResumablePTFileModelPersistor
+    from fedxmodal.fl.faults import SiteLossMonitor
 
     if not isinstance(model, Mapping) or "path" not in model:
         raise ValueError('model must be {"path": "pkg.module.Class", "args": {...}}')
@@ -138,21 +166,33 @@ def build_job(
             key_metric=key_metric, weigh_by_local_iter=selection_weigh_by_train_items
         ),
         analytics_receiver=TBAnalyticsReceiver(),
+        convert_to_fed_event=_guarded_analytics() if output_guard else None,
     )
+    if resource_spec:
+        from nvflare.utils.job_launcher_utils import validate_portable_resource_spec
+
+        validate_portable_resource_spec({k: dict(v) for k, v in resource_spec.items()})
+        for site, spec in resource_spec.items():
+            job.job.add_resource_spec(site, dict(spec))
 
     # ---- server
     job.to_server(
         ResumablePTFileModelPersistor(model=model, checkpoint_dir=checkpoint_dir, resume=resume), id="persistor"
     )
+    for i, workflow in enumerate(pre_workflows):
+        job.to_server(instantiate(workflow), id=f"pre_workflow_{i}")
     job.to_server(
         ResumableFedAvg(
+            aggregator=instantiate(aggregator) if aggregator else None,
             num_clients=clients_per_round,
             num_rounds=num_rounds,
             persistor_id="persistor",
             task_check_period=float(task_check_period),
+            ignore_result_error=ignore_result_error,
         ),
         id="fedavg",
     )
+    job.to_server(SiteLossMonitor(persistor_id="persistor"), id="site_loss_monitor")  # fl/faults.py
     if cross_site_eval:
         job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
         job.to_server(
@@ -179,6 +219,13 @@ def build_job(
         )
     job.to_clients(executor, tasks=["*"])
 
+    # ---- what leaves a site: privacy / communication filters, then the output guard (last)
+    from fedxmodal.fl.privacy import add_result_filters
+
+    add_result_filters(job, model=model, site_output_filters=site_output_filters,
+                       server_input_filters=server_input_filters, output_guard=output_guard,
+                       params_transfer_type=params_transfer_type)
+
     # ---- code shipped with the job (one app folder for server and sites)
     job.to_server(FileSource(str(package), dest_dir=package.name))
     job.to_clients(FileSource(str(package), dest_dir=package.name))
@@ -186,6 +233,14 @@ def build_job(
         job.to_clients(FileSource(f))
         job.to_server(FileSource(f))
     return job
+
+
+def _guarded_analytics():
+    from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
+
+    from fedxmodal.fl.guard import GuardedConvertToFedEvent
+
+    return GuardedConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE])
 
 
 def _clean(tree: Path) -> None:
