@@ -1,0 +1,791 @@
+"""Real NVFlare federations on one machine: a POC federation or provisioned startup kits, on loopback.
+
+This is what ``poc/fedxmodal_poc.py`` (the user's CLI) and the POC / provisioning / fault tests
+drive. A :class:`Federation` is a folder of startup kits (``server``, one per site, admin users)
+plus a small state file; it starts the kits' own ``startup/start.sh`` (exactly what ``nvflare poc
+start`` runs), talks to the server through the FLARE API (``nvflare.fuel.flare_api``) as an admin
+user -- submit, follow, download, shut down -- and finds every process it started, so that
+``stop()`` leaves nothing behind.
+
+Layout of a federation folder (the *root*, chosen by the user; nothing outside it is written)::
+
+    <root>/federation.json          what was prepared: project, port, kit folder, sites, admin, python
+    <root>/project.yml              the project file the kits were provisioned from (POC)
+    <root>/nvflare/                 NVFLARE_POC_WORKSPACE of ``nvflare poc prepare`` (POC)
+    <root>/nvflare/<project>/prod_00/<participant>/   the startup kits (server, sites, admin)
+    <root>/home/                    HOME of the ``nvflare`` CLI calls (its ~/.nvflare/config.conf)
+    <root>/site-python/             a Python without fedxmodal (:func:`python_without_package`, POC)
+    <root>/bin/python3              shim: the Python the kits run (their scripts call ``python3``)
+    <root>/jobs/, <root>/results/   jobs exported from specs, downloaded results (the POC CLI)
+
+Which processes belong to a federation: every process started here carries the environment
+variable ``FEDXMODAL_DEPLOY=<root>::<participant>``, and NVFlare passes its environment on to the
+job processes it spawns (in their own sessions), so ``/proc/<pid>/environ`` identifies all of them
+-- the ``sub_start.sh`` watchdog, the server / client parent, every job process.
+
+Site configuration goes into each site kit's ``local/`` folder, the site's private configuration
+that jobs never touch: ``local/fedxmodal_site.json`` (``{"data_dir": ...}``, read by
+:mod:`fedxmodal.fl.site_config`) and ``local/resources.json`` (the site's resource manager: GPUs it
+may hand to jobs, see :func:`configure_site_resources`).
+
+Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+MARKER_ENV = "FEDXMODAL_DEPLOY"
+STATE_FILE = "federation.json"
+SITE_CONFIG_FILE = "fedxmodal_site.json"
+CONSOLE_LOG = "console.log"
+DEFAULT_PROJECT = "fedxmodal_poc"
+DEFAULT_ORG = "fedxmodal"
+DEFAULT_ADMIN = "admin@fedxmodal.org"
+POC_SERVER = "localhost"
+LOOPBACK = "127.0.0.1"
+TERMINAL_PREFIX = "FINISHED"
+
+# Server-side knobs of how fast a vanished site is given up on (NVFlare reads NVFLARE_<NAME> from
+# the server's environment; defaults 60 s and 30 s). The heartbeat timeout is in the server kit's
+# local/resources.json (NVFlare default 600 s).
+ENV_DEAD_CLIENT_GRACE = "NVFLARE_DEAD_CLIENT_GRACE_PERIOD"
+ENV_DEAD_CLIENT_LEAD = "NVFLARE_DEAD_CLIENT_CHECK_LEAD_TIME"
+
+__all__ = [
+    "DeployError",
+    "Federation",
+    "LiveProcess",
+    "configure_site_data",
+    "configure_site_resources",
+    "configure_server",
+    "federation_processes",
+    "free_port",
+    "host_gpu_ids",
+    "poc_project",
+    "prepare_poc",
+    "provision",
+    "python_without_package",
+]
+
+
+class DeployError(RuntimeError):
+    """Something about a federation went wrong; the message says what and where to look."""
+
+
+# --------------------------------------------------------------------------------------------
+# small utilities
+# --------------------------------------------------------------------------------------------
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a server could listen on ``port`` now (SO_REUSEADDR, as NVFlare's listener: old
+    connections of a killed server in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+            return True
+        except OSError:
+            return False
+
+
+def host_gpu_ids() -> List[int]:
+    """GPU ids NVFlare sees on this host (``nvidia-smi``); [] without GPUs."""
+    try:
+        from nvflare.fuel.utils.gpu_utils import get_host_gpu_ids
+
+        return list(get_host_gpu_ids())
+    except Exception:
+        return []
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _nvflare_cli(python: str, args: Sequence[str], root: Path, env_extra: Optional[Mapping[str, str]] = None,
+                 timeout: float = 300, home: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run ``python -m nvflare.cli ARGS`` in ``root`` with HOME = ``home`` (default <root>/home):
+    the ~/.nvflare/config.conf the CLI writes stays there, not in the user's home."""
+    home = Path(home) if home else root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
+    env["HOME"] = str(home)
+    env.update(env_extra or {})
+    proc = subprocess.run([python, "-m", "nvflare.cli", *args], env=env, cwd=str(root), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise DeployError(f"`nvflare {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def python_without_package(dest: Path, package: str = "fedxmodal", python: Optional[str] = None) -> Path:
+    """A Python that sees this environment's installed packages EXCEPT an editable ``package``.
+
+    Sites of a real federation do not have fedxmodal installed: the code travels with the job
+    (``app/custom/``). To run a local federation the same way, this creates a venv (no pip) whose
+    site-packages holds one plain ``.pth`` line pointing at the current site-packages: the
+    packages there become importable, but the ``.pth`` files inside it -- among them the editable
+    install's -- are not processed. Returns the venv's python; raises DeployError if ``package``
+    is still importable with it.
+    """
+    dest = Path(dest)
+    exe = dest / "bin" / "python"
+    if not exe.exists():
+        base = python or str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}")
+        subprocess.run([base, "-m", "venv", "--without-pip", str(dest)], check=True, capture_output=True)
+        purelib = Path(sysconfig.get_paths(vars={"base": str(dest), "platbase": str(dest)})["purelib"])
+        lines = [sysconfig.get_paths()["purelib"]]
+        if sysconfig.get_paths()["platlib"] != lines[0]:
+            lines.append(sysconfig.get_paths()["platlib"])
+        (purelib / "deploy_deps.pth").write_text("\n".join(lines) + "\n")
+    probe = subprocess.run(
+        [str(exe), "-c", f"import nvflare, importlib.util as u; print(u.find_spec({package!r}) is None)"],
+        capture_output=True, text=True, cwd=str(dest), env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    if probe.stdout.strip() != "True":
+        raise DeployError(f"{exe}: cannot build a Python without {package}: {probe.stdout}{probe.stderr}")
+    return exe
+
+
+# --------------------------------------------------------------------------------------------
+# processes of a federation (/proc)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveProcess:
+    pid: int
+    participant: str
+    cmdline: str
+
+
+def _proc_marker(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    key = MARKER_ENV.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key):].decode(errors="replace")
+    return None
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def federation_processes(root: os.PathLike, participant: Optional[str] = None) -> List[LiveProcess]:
+    """Live (non-zombie) processes started for the federation at ``root`` (optionally one participant)."""
+    root = str(Path(root).resolve())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        marker = _proc_marker(pid)
+        if not marker or "::" not in marker:
+            continue
+        where, name = marker.rsplit("::", 1)
+        if where != root or (participant is not None and name != participant):
+            continue
+        if _proc_state(pid) in ("Z", "X", "?"):
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        found.append(LiveProcess(pid, name, cmd))
+    return found
+
+
+def _signal_all(procs: Iterable[LiveProcess], sig: int) -> None:
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, sig)
+
+
+# --------------------------------------------------------------------------------------------
+# kits: provisioning and local configuration
+# --------------------------------------------------------------------------------------------
+_BUILDERS = [
+    {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder", "args": {"template_file": ["master_template.yml"]}},
+    {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
+    {"path": "nvflare.lighter.impl.cert.CertBuilder"},
+    {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
+]
+
+
+def poc_project(sites: Sequence[str], port: int, name: str = DEFAULT_PROJECT, admin: str = DEFAULT_ADMIN,
+                org: str = DEFAULT_ORG, server: str = POC_SERVER) -> dict:
+    """The project (``nvflare provision`` / ``nvflare poc prepare -i`` format) of a POC federation:
+    one server on ``port`` (FL and admin traffic share it), the sites, one project admin. The
+    server is named ``localhost``: NVFlare then listens on 127.0.0.1 only (any other name: all
+    interfaces) and its certificate is issued for the name the sites connect to."""
+    sites = list(sites)
+    if not sites:
+        raise ValueError("a federation needs at least one site")
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"duplicate site names: {sites}")
+    for s in sites:
+        if s in (server, admin) or not s.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"invalid site name {s!r} (letters, digits, '-' and '_')")
+    participants = [{"name": server, "type": "server", "org": org, "fed_learn_port": int(port),
+                     "admin_port": int(port)}]
+    participants += [{"name": s, "type": "client", "org": org} for s in sites]
+    participants.append({"name": admin, "type": "admin", "org": org, "role": "project_admin"})
+    return {"api_version": 3, "name": name, "description": "fedxmodal POC federation (loopback)",
+            "participants": participants, "builders": _BUILDERS}
+
+
+def _read_resources(local: Path) -> dict:
+    path = local / "resources.json"
+    if not path.is_file():
+        path = local / "resources.json.default"
+    return json.loads(path.read_text())
+
+
+def configure_site_data(kit: os.PathLike, data_dir: os.PathLike, **extra) -> Path:
+    """Write ``<kit>/local/fedxmodal_site.json`` = ``{"data_dir": <abs path>, **extra}``."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    path = Path(kit) / "local" / SITE_CONFIG_FILE
+    _write_json(path, {"data_dir": str(data_dir), **extra})
+    return path
+
+
+def configure_site_resources(kit: os.PathLike, gpus: Optional[Sequence[int]] = None) -> dict:
+    """Set the site's resource manager in ``<kit>/local/resources.json``; returns what was set.
+
+    Jobs declare what a site must give them in meta.json ``resource_spec`` (fedxmodal jobs:
+    ``{"@default": {"num_of_gpus": 1}}``); NVFlare schedules a job only where the site's resource
+    manager says yes.
+
+    * ``gpus`` = a non-empty list of host GPU ids: ``GPUResourceManager`` over exactly these GPUs
+      (the site process also gets ``CUDA_VISIBLE_DEVICES`` = these ids, see ``Federation.start``);
+      ``GPUResourceConsumer`` sets ``CUDA_VISIBLE_DEVICES`` of each job process to the GPU(s)
+      NVFlare allocated to it, so the job's ``cuda`` device is the GPU it was given.
+    * ``gpus`` = [] or None on a host without GPUs: ``PassthroughResourceManager`` -- a CPU site
+      that accepts GPU jobs and runs them on its CPU (same code path, fedxmodal picks the device).
+    * ``gpus`` = None on a host with GPUs: all host GPUs.
+    """
+    local = Path(kit) / "local"
+    res = _read_resources(local)
+    comps = [c for c in res.get("components", []) if c.get("id") not in ("resource_manager", "resource_consumer")]
+    if gpus is None:
+        gpus = host_gpu_ids()
+    gpus = [int(g) for g in gpus]
+    if gpus:
+        manager = {"id": "resource_manager",
+                   "path": "nvflare.app_common.resource_managers.gpu_resource_manager.GPUResourceManager",
+                   "args": {"num_of_gpus": len(gpus), "mem_per_gpu_in_GiB": 0, "expiration_period": 30}}
+        consumer = {"id": "resource_consumer",
+                    "path": "nvflare.app_common.resource_consumers.gpu_resource_consumer.GPUResourceConsumer",
+                    "args": {}}
+    else:
+        manager = {"id": "resource_manager",
+                   "path": "nvflare.app_common.resource_managers.passthrough_resource_manager.PassthroughResourceManager",
+                   "args": {}}
+        consumer = {"id": "resource_consumer",
+                    "path": "nvflare.app_common.resource_consumers.passthrough_resource_consumer.PassthroughResourceConsumer",
+                    "args": {}}
+    res["components"] = [manager, consumer, *comps]
+    _write_json(local / "resources.json", res)
+    return {"gpus": gpus, "resource_manager": manager["path"].rsplit(".", 1)[1]}
+
+
+def configure_server(kit: os.PathLike, heartbeat_timeout: Optional[float] = None,
+                     storage_root: Optional[os.PathLike] = None) -> None:
+    """Server kit settings in ``<kit>/local/resources.json``: ``heart_beat_timeout`` (s after which a
+    silent site is dropped; NVFlare default 600) and, for provisioned kits, the job and snapshot
+    storage (NVFlare's default is /tmp/nvflare/..., shared by every server on the machine)."""
+    local = Path(kit) / "local"
+    res = _read_resources(local)
+    if heartbeat_timeout is not None:
+        for srv in res.get("servers", []):
+            srv["heart_beat_timeout"] = float(heartbeat_timeout)
+    if storage_root is not None:
+        storage_root = Path(storage_root).resolve()
+        res["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(storage_root / "snapshot-storage")
+        for comp in res.get("components", []):
+            if comp.get("id") == "job_manager":
+                comp.setdefault("args", {})["uri_root"] = str(storage_root / "jobs-storage")
+    _write_json(local / "resources.json", res)
+
+
+def provision(project_file: os.PathLike, workspace: os.PathLike, python: Optional[str] = None) -> Path:
+    """``nvflare provision -p PROJECT -w WORKSPACE``; returns the folder holding the startup kits."""
+    import tempfile
+
+    workspace = Path(workspace).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nvflare-home-") as home:
+        _nvflare_cli(python or sys.executable, ["provision", "-p", str(Path(project_file).resolve()), "-w",
+                                                str(workspace), "--force"], workspace, home=Path(home))
+    import yaml
+
+    name = yaml.safe_load(Path(project_file).read_text())["name"]
+    prods = sorted((workspace / name).glob("prod_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not prods:
+        raise DeployError(f"provisioning wrote no kits under {workspace / name}")
+    return prods[-1]
+
+
+def project_participants(project: Mapping) -> dict:
+    """``{"server": name, "sites": [...], "admins": {name: role}}`` of a project dict."""
+    parts = project["participants"]
+    servers = [p["name"] for p in parts if p["type"] == "server"]
+    if len(servers) != 1:
+        raise DeployError(f"the project must have exactly one server, got {servers}")
+    return {"server": servers[0], "sites": [p["name"] for p in parts if p["type"] == "client"],
+            "admins": {p["name"]: p.get("role") for p in parts if p["type"] == "admin"}}
+
+
+# --------------------------------------------------------------------------------------------
+# the federation
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Federation:
+    """A set of startup kits on this machine, started, driven and stopped from here."""
+
+    root: Path
+    prod_dir: Path
+    project: str
+    server: str
+    admin: str
+    sites: List[str]
+    port: int
+    kind: str = "poc"
+    python: Optional[str] = None  # the interpreter the kits run (python3 of their PATH)
+    site_gpus: Dict[str, List[int]] = field(default_factory=dict)
+    server_env: Dict[str, str] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ persistence
+    def __post_init__(self):
+        self.root = Path(self.root).resolve()
+        self.prod_dir = Path(self.prod_dir).resolve()
+
+    def save(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = asdict(self)
+        state.update(root=str(self.root), prod_dir=str(self.prod_dir))
+        path = self.root / STATE_FILE
+        _write_json(path, state)
+        return path
+
+    @classmethod
+    def load(cls, root: os.PathLike) -> "Federation":
+        path = Path(root) / STATE_FILE
+        if not path.is_file():
+            raise DeployError(f"{path} not found: no federation prepared in {root} (run `up` first)")
+        return cls(**json.loads(path.read_text()))
+
+    @classmethod
+    def from_kits(cls, root: os.PathLike, prod_dir: os.PathLike, project: Mapping, admin: Optional[str] = None,
+                  python: Optional[str] = None, kind: str = "provisioned") -> "Federation":
+        """A federation over provisioned kits (``prod_dir`` = ``<workspace>/<project>/prod_NN``)."""
+        info = project_participants(project)
+        server = next(p for p in project["participants"] if p["type"] == "server")
+        admins = info["admins"]
+        if admin is None:
+            admin = next((a for a, r in admins.items() if r == "project_admin"), None) or next(iter(admins))
+        return cls(root=Path(root), prod_dir=Path(prod_dir), project=project["name"], server=info["server"],
+                   admin=admin, sites=info["sites"], port=int(server.get("fed_learn_port", 8002)), kind=kind,
+                   python=python)
+
+    def kit(self, name: str) -> Path:
+        path = self.prod_dir / name
+        if not (path / "startup").is_dir():
+            raise DeployError(f"no startup kit for '{name}' in {self.prod_dir}")
+        return path
+
+    @property
+    def admin_kit(self) -> Path:
+        return self.kit(self.admin)
+
+    # ------------------------------------------------------------ processes
+    def processes(self, participant: Optional[str] = None) -> List[LiveProcess]:
+        return federation_processes(self.root, participant)
+
+    def _alive(self, name: str, checks: int = 4, interval: float = 0.25) -> bool:
+        """Whether ``name`` has processes; absence must persist over ~1 s (start.sh hands over to
+        its sub_start.sh watchdog, which execs and forks: a single look can fall in between)."""
+        for _ in range(checks):
+            if self.processes(name):
+                return True
+            time.sleep(interval)
+        return False
+
+    def _python_shim(self) -> Path:
+        """``<root>/bin/python3``: what the kits' scripts call (they run ``python3`` from PATH)."""
+        python = self.python or sys.executable
+        shim = self.root / "bin" / "python3"
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        text = f'#!/bin/sh\nexec "{python}" "$@"\n'
+        if not shim.exists() or shim.read_text() != text:
+            shim.write_text(text)
+            shim.chmod(0o755)
+        return shim.parent
+
+    def _env(self, name: str, extra: Optional[Mapping[str, str]] = None) -> dict:
+        """Environment of a participant's processes: the caller's, minus its FEDXMODAL_* settings
+        and Python paths (a site's data comes from its kit's local config only), ``python3`` =
+        the federation's Python, the site's GPUs, ``extra``, and the marker."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("FEDXMODAL_") and k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        env["PYTHONUNBUFFERED"] = "1"
+        if name == self.server:
+            env.update(self.server_env)
+        elif name in self.site_gpus and self.site_gpus[name]:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.site_gpus[name])
+        env.update(extra or {})
+        env["PATH"] = os.pathsep.join([str(self._python_shim()), env.get("PATH") or "/usr/bin:/bin"])
+        env[MARKER_ENV] = f"{self.root}::{name}"
+        return env
+
+    def start(self, names: Optional[Sequence[str]] = None, *, env: Optional[Mapping[str, str]] = None,
+              site_env: Optional[Mapping[str, Mapping[str, str]]] = None, wait: bool = True,
+              timeout: float = 120.0) -> None:
+        """Start the server and/or sites (default: all) with their kits' ``startup/start.sh``.
+
+        ``env``: extra environment for every process started; ``site_env``: per participant.
+        With ``wait``, returns once the server accepts admin logins and the started sites are
+        connected (DeployError with the tail of their logs otherwise).
+        """
+        names = list(names) if names else [self.server, *self.sites]
+        started_server = self.server in names
+        if started_server:
+            if self.processes(self.server):
+                raise DeployError(f"the server of {self.root} is already running")
+            if not port_is_free(self.port):
+                raise DeployError(f"port {self.port} on {LOOPBACK} is in use: another federation (or program) "
+                                  f"holds it; stop it or prepare this federation with another port")
+        for name in names:
+            if name != self.server and self.processes(name):
+                raise DeployError(f"'{name}' of {self.root} is already running")
+        ordered = ([self.server] if started_server else []) + [n for n in names if n != self.server]
+        for name in ordered:
+            kit = self.kit(name)
+            for f in ("shutdown.fl", "restart.fl", "pid.fl", "daemon_pid.fl"):
+                (kit / f).unlink(missing_ok=True)
+            merged = dict(env or {})
+            merged.update((site_env or {}).get(name, {}))
+            log = open(kit / CONSOLE_LOG, "a")
+            log.write(f"\n--- started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+            log.flush()
+            subprocess.Popen([str(kit / "startup" / "start.sh")], cwd=str(kit), env=self._env(name, merged),
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+            if name == self.server and wait:
+                self.wait_server(timeout)
+        if wait:
+            self.wait_sites([n for n in ordered if n != self.server], timeout)
+
+    def log_tail(self, name: str, n: int = 40) -> str:
+        parts = []
+        for fname in (CONSOLE_LOG, "log.txt"):
+            path = self.prod_dir / name / fname
+            if path.is_file():
+                lines = path.read_text(errors="replace").splitlines()[-n:]
+                parts.append(f"--- {path} (last {len(lines)} lines)\n" + "\n".join(lines))
+        return "\n".join(parts) or f"(no log for {name})"
+
+    # ------------------------------------------------------------ admin (FLARE API)
+    @contextlib.contextmanager
+    def session(self, timeout: float = 10.0, user: Optional[str] = None, kit: Optional[os.PathLike] = None):
+        """A FLARE API session as the admin user (or ``user`` with its ``kit``)."""
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            s = new_secure_session(user or self.admin, str(kit or self.admin_kit), timeout=timeout)  # quiet
+        try:
+            yield s
+        finally:
+            with contextlib.suppress(Exception):
+                s.close()
+
+    def wait_server(self, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if not self._alive(self.server):
+                raise DeployError(f"the server exited while starting:\n{self.log_tail(self.server)}")
+            try:
+                with self.session(timeout=5.0) as s:
+                    s.get_system_info()
+                return
+            except Exception as e:  # not up yet
+                last = e
+                time.sleep(1.0)
+        raise DeployError(f"the server did not accept admin logins within {timeout:.0f} s ({last}):\n"
+                          f"{self.log_tail(self.server)}")
+
+    def connected_sites(self) -> List[str]:
+        with self.session() as s:
+            return sorted(c.name for c in s.get_system_info().client_info)
+
+    def wait_sites(self, sites: Sequence[str], timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        missing = set(sites)
+        while missing and time.time() < deadline:
+            for name in list(missing):
+                if not self._alive(name):
+                    raise DeployError(f"site '{name}' exited while starting:\n{self.log_tail(name)}")
+            try:
+                missing -= set(self.connected_sites())
+            except Exception:
+                pass
+            if missing:
+                time.sleep(1.0)
+        if missing:
+            raise DeployError(f"site(s) {sorted(missing)} did not connect within {timeout:.0f} s:\n"
+                              + "\n".join(self.log_tail(n) for n in sorted(missing)))
+
+    def submit(self, job_dir: os.PathLike) -> str:
+        """Submit a job folder (FLARE API ``submit_job``); returns the job id."""
+        job_dir = Path(job_dir).resolve()
+        if not (job_dir / "meta.json").is_file():
+            raise DeployError(f"{job_dir} is not a job folder (no meta.json)")
+        with self.session() as s:
+            return s.submit_job(str(job_dir))
+
+    def job_meta(self, job_id: str) -> dict:
+        with self.session() as s:
+            return s.get_job_meta(job_id)
+
+    def wait_job(self, job_id: str, timeout: float = 0.0, poll: float = 1.0,
+                 on_status: Optional[Callable[[dict], None]] = None) -> dict:
+        """Follow a job until it ends (status ``FINISHED:...``); returns its meta. The server may
+        be unreachable for a while (restart): the session is re-opened until ``timeout``."""
+        deadline = time.time() + timeout if timeout else None
+        meta, last_error, session = None, None, None
+        stack = contextlib.ExitStack()
+        try:
+            while True:
+                try:
+                    if session is None:
+                        session = stack.enter_context(self.session(timeout=5.0))
+                    meta = session.get_job_meta(job_id)
+                    last_error = None
+                except Exception as e:  # server (briefly) unreachable: reconnect next time
+                    last_error, session = e, None
+                    stack.close()
+                    stack = contextlib.ExitStack()
+                if meta is not None and last_error is None:
+                    if on_status:
+                        on_status(meta)
+                    if str(meta.get("status", "")).startswith(TERMINAL_PREFIX):
+                        return meta
+                if deadline and time.time() > deadline:
+                    raise DeployError(f"job {job_id} did not finish within {timeout:.0f} s "
+                                      f"(status {meta.get('status') if meta else None}; {last_error or ''})")
+                time.sleep(poll)
+        finally:
+            stack.close()
+
+    def job_log(self, job_id: str, target: str = "server", pattern: Optional[str] = None) -> str:
+        """The job's log at ``target`` (``server`` or a site) as kept by the server, optionally
+        only the lines matching the regular expression ``pattern``."""
+        import re
+
+        with self.session() as s:
+            logs = s.get_job_logs(job_id, target=target).get("logs", {})
+        text = "\n".join(v for v in logs.values() if isinstance(v, str))
+        if pattern:
+            rx = re.compile(pattern)
+            text = "\n".join(line for line in text.splitlines() if rx.search(line))
+        return text
+
+    def download(self, job_id: str, dest: os.PathLike) -> Path:
+        """Download the job's results (server run folder, sites' logs) into ``dest/<job_id>``."""
+        with self.session() as s:
+            path = s.download_job_result(job_id, str(Path(dest).resolve()))
+        if not path or not Path(path).exists():
+            raise DeployError(f"download of job {job_id} returned nothing ({path})")
+        return Path(path)
+
+    # ------------------------------------------------------------ faults / stop
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> List[LiveProcess]:
+        """Kill every process of one participant (watchdog included, so nothing restarts it)."""
+        procs = self.processes(name)
+        deadline = time.time() + timeout
+        while procs and time.time() < deadline:
+            _signal_all(procs, sig)
+            time.sleep(0.2)
+            procs = self.processes(name)
+        if procs:
+            raise DeployError(f"could not kill {name}: {procs}")
+        for f in ("pid.fl", "daemon_pid.fl"):
+            (self.prod_dir / name / f).unlink(missing_ok=True)
+        return procs
+
+    @staticmethod
+    def _abort_unfinished(session, wait: float = 20.0) -> List[str]:
+        """Abort every job that has not finished and wait (up to ``wait`` s) until those whose
+        abort was accepted have ended. A job left "RUNNING" by a server restart cannot be aborted
+        (NVFlare: "not running"); it is reported, not waited for. Returns the jobs asked to abort."""
+        asked, waiting = [], []
+        for j in session.list_jobs():
+            if str(j.get("status", "")).startswith(TERMINAL_PREFIX):
+                continue
+            asked.append(j["job_id"])
+            try:
+                session.abort_job(j["job_id"])
+                waiting.append(j["job_id"])
+            except Exception:
+                pass
+        deadline = time.time() + wait
+        while waiting and time.time() < deadline:
+            waiting = [j for j in waiting
+                       if not str(session.get_job_meta(j).get("status", "")).startswith(TERMINAL_PREFIX)]
+            if waiting:
+                time.sleep(0.5)
+        return asked
+
+    def stop(self, timeout: float = 45.0) -> dict:
+        """Shut the federation down and make sure nothing of it is left running.
+
+        Admin ``abort_job`` for every unfinished job and ``shutdown all`` (what NVFlare's own
+        ``nvflare poc stop`` does); the kits' ``shutdown.fl`` (re-created while a participant is
+        still alive: NVFlare processes delete it when they start) so the ``sub_start.sh``
+        watchdogs exit instead of restarting anything; after ``timeout`` s, SIGTERM then SIGKILL
+        for whatever is still alive. Returns what was done (``terminated``/``killed``: the
+        processes that needed force)."""
+        report = {"graceful": False, "aborted_jobs": [], "terminated": [], "killed": []}
+        names = [self.server, *self.sites]
+        if self.processes(self.server):
+            try:
+                with self.session(timeout=5.0) as s:
+                    report["aborted_jobs"] = self._abort_unfinished(s)
+                    try:
+                        s.shutdown_system()
+                    except Exception as e:  # "still running jobs": they are being aborted
+                        report["shutdown_note"] = str(e)
+                report["graceful"] = True
+            except Exception as e:
+                report["shutdown_error"] = str(e)
+        t0 = time.time()
+        # without a server to tell them, sites only stop through their watchdogs (shutdown.fl),
+        # which kill the site process but not its job processes: signal sooner
+        deadline = t0 + (timeout if report["graceful"] else min(timeout, 15.0))
+        while time.time() < deadline:
+            procs = self.processes()
+            if not procs:
+                break
+            if time.time() - t0 > (5.0 if report["graceful"] else 0.0):
+                for name in {p.participant for p in procs}:
+                    with contextlib.suppress(DeployError, OSError):
+                        (self.kit(name) / "shutdown.fl").touch()
+            time.sleep(0.5)
+        for sig, key in ((signal.SIGTERM, "terminated"), (signal.SIGKILL, "killed")):
+            left = self.processes()
+            if not left:
+                break
+            report[key] = [asdict(p) for p in left]
+            _signal_all(left, sig)
+            end = time.time() + 5
+            while self.processes() and time.time() < end:
+                time.sleep(0.2)
+        left = self.processes()
+        if left:
+            raise DeployError(f"processes of {self.root} survive SIGKILL: {left}")
+        for name in names:
+            for f in ("pid.fl", "daemon_pid.fl", "shutdown.fl", "restart.fl"):
+                with contextlib.suppress(DeployError):
+                    (self.kit(name) / f).unlink(missing_ok=True)
+        return report
+
+
+# --------------------------------------------------------------------------------------------
+# POC
+# --------------------------------------------------------------------------------------------
+def prepare_poc(root: os.PathLike, sites: Sequence[str] = ("ct-site", "mr-site"), *, port: Optional[int] = None,
+                data_root: Optional[os.PathLike] = None, data: Optional[Mapping[str, os.PathLike]] = None,
+                python: Optional[str] = None, site_python: Optional[str] = "isolated",
+                gpus: Optional[Mapping[str, Sequence[int]]] = None, heartbeat_timeout: Optional[float] = 60.0,
+                dead_site_grace: Optional[float] = None, project_name: str = DEFAULT_PROJECT,
+                admin: str = DEFAULT_ADMIN) -> Federation:
+    """Prepare (not start) a POC federation in ``root`` with ``nvflare poc prepare -i project.yml``.
+
+    Args:
+        root: the federation folder (created; a previous federation there must be stopped).
+        sites: site names (``ct-site``, ``mr-site``, any number more).
+        port: the server's port on loopback (FL + admin); default: a free one.
+        data_root: a folder holding one data folder per site name; ``data``: explicit
+            ``{site: data_dir}`` (wins). Each site gets ``local/fedxmodal_site.json``.
+        python: interpreter for the ``nvflare`` CLI (default: this one).
+        site_python: the interpreter the server and sites run: ``"isolated"`` (default) = a
+            Python without fedxmodal (:func:`python_without_package`, built once in
+            ``<root>/site-python``) so the jobs' own code is used, as at a real site; ``None`` =
+            ``python``; or a path.
+        gpus: ``{site: [gpu ids]}`` handed to each site (default: none on a CPU host; on a GPU
+            host every site gets all GPUs -- pass a mapping to split them).
+        heartbeat_timeout: seconds after which the server drops a silent site (NVFlare: 600).
+        dead_site_grace: seconds the server waits, once a site is reported gone, before a round
+            stops waiting for it (NVFlare's ``dead_client_grace_period``, default 60; the same
+            value is used for ``dead_client_check_lead_time``, default 30).
+    """
+    root = Path(root).resolve()
+    if root.exists() and (root / STATE_FILE).is_file():
+        old = Federation.load(root)
+        if old.processes():
+            raise DeployError(f"a federation in {root} is running; stop it first (`down`)")
+    root.mkdir(parents=True, exist_ok=True)
+    python = python or sys.executable
+    if port is None:
+        port = free_port()
+    elif not port_is_free(port):
+        raise DeployError(f"port {port} on {LOOPBACK} is in use")
+    project = poc_project(sites, port, name=project_name, admin=admin)
+    import yaml
+
+    project_file = root / "project.yml"
+    project_file.write_text(yaml.safe_dump(project, sort_keys=False))
+    nv_ws = root / "nvflare"
+    _nvflare_cli(python, ["poc", "prepare", "-i", str(project_file), "--force"], root,
+                 {"NVFLARE_POC_WORKSPACE": str(nv_ws)})
+    prod = nv_ws / project_name / "prod_00"
+    if site_python == "isolated":
+        site_python = str(python_without_package(root / "site-python", "fedxmodal"))
+    fed = Federation(root=root, prod_dir=prod, project=project_name, server=POC_SERVER, admin=admin,
+                     sites=list(sites), port=int(port), kind="poc", python=site_python or python)
+    server_env = {}
+    if dead_site_grace is not None:
+        server_env[ENV_DEAD_CLIENT_GRACE] = str(float(dead_site_grace))
+        server_env[ENV_DEAD_CLIENT_LEAD] = str(float(dead_site_grace))
+    fed.server_env = server_env
+    configure_server(fed.kit(fed.server), heartbeat_timeout=heartbeat_timeout)
+    data = {k: Path(v) for k, v in (data or {}).items()}
+    for site in sites:
+        src = data.get(site) or (Path(data_root) / site if data_root else None)
+        if src is not None:
+            if not (Path(src) / "dataset.json").is_file():
+                raise DeployError(f"data folder of {site}: {src} has no dataset.json")
+            configure_site_data(fed.kit(site), src)
+        site_gpus = list((gpus or {}).get(site, [])) if gpus is not None else None
+        fed.site_gpus[site] = configure_site_resources(fed.kit(site), site_gpus)["gpus"]
+    fed.save()
+    return fed
