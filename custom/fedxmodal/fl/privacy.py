@@ -177,17 +177,10 @@ class GaussianDPFilter(DXOFilter):
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if self.refuse_full_weights and shareable.get_return_code() == ReturnCode.OK:
-            try:
-                kind = from_shareable(shareable).data_kind
-            except Exception:
-                kind = None
-            if kind == DataKind.WEIGHTS:
-                reason = ("differential privacy: full local weights are not sent (they would bypass the "
-                          "Gaussian mechanism; a DP job sends clipped, noised weight differences only)")
-                self.log_warning(fl_ctx, f"REFUSED a full-weights result: {reason}")
-                reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
-                reply.set_header(REFUSED_HEADER, reason)
-                return reply
+            if _carries_full_weights(shareable):
+                return _refuse_full_weights(self, fl_ctx, (
+                    "differential privacy: full local weights are not sent (they would bypass the "
+                    "Gaussian mechanism; a DP job sends clipped, noised weight differences only)"))
         return super().process(shareable, fl_ctx)
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> Optional[DXO]:
@@ -322,20 +315,25 @@ class LocalModelRefuser(Filter):
     whose update filters (DP, PercentilePrivacy, SVTPrivacy, ExcludeVars) they would bypass."""
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        if shareable.get_return_code() != ReturnCode.OK:
+        if shareable.get_return_code() != ReturnCode.OK or not _carries_full_weights(shareable):
             return shareable
-        try:
-            kind = from_shareable(shareable).data_kind
-        except Exception:
-            return shareable
-        if kind != DataKind.WEIGHTS:
-            return shareable
-        reason = ("this job filters the model updates a site sends (privacy); its full local weights would "
-                  "bypass those filters and are not sent")
-        self.log_warning(fl_ctx, f"REFUSED a full-weights result: {reason}")
-        reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
-        reply.set_header(REFUSED_HEADER, reason)
-        return reply
+        return _refuse_full_weights(self, fl_ctx, (
+            "this job filters the model updates a site sends (privacy); its full local weights would "
+            "bypass those filters and are not sent"))
+
+
+def _carries_full_weights(shareable: Shareable) -> bool:
+    try:
+        return from_shareable(shareable).data_kind == DataKind.WEIGHTS
+    except Exception:
+        return False
+
+
+def _refuse_full_weights(component, fl_ctx: FLContext, reason: str) -> Shareable:
+    component.log_warning(fl_ctx, f"REFUSED a full-weights result: {reason}")
+    reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
+    reply.set_header(REFUSED_HEADER, reason)
+    return reply
 
 
 def _class_path(obj) -> str:

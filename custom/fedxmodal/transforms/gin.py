@@ -52,6 +52,17 @@ def _sample_norms(v: torch.Tensor, b: int, c: int) -> torch.Tensor:
     return col.square().reshape(b, c).sum(1).sqrt() if c > 1 else col
 
 
+def check_kernels_and_alpha(kernel_sizes, alpha_range):
+    """Validate random-conv settings: odd kernel sizes, alpha range lo <= hi."""
+    kernel_sizes = tuple(int(k) for k in kernel_sizes)
+    if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+        raise ValueError(f"kernel_sizes must be non-empty odd sizes, got {kernel_sizes}")
+    lo, hi = (float(a) for a in alpha_range)
+    if lo > hi:
+        raise ValueError(f"alpha_range must be (lo, hi) with lo <= hi, got {alpha_range}")
+    return kernel_sizes, (lo, hi)
+
+
 class GINAugment(nn.Module):
     """Random shallow conv net intensity augmentation (GIN), a new net drawn on every call.
 
@@ -92,12 +103,7 @@ class GINAugment(nn.Module):
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if interm_channels < 1:
             raise ValueError(f"interm_channels must be >= 1, got {interm_channels}")
-        kernel_sizes = tuple(int(k) for k in kernel_sizes)
-        if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
-            raise ValueError(f"kernel_sizes must be non-empty odd sizes, got {kernel_sizes}")
-        lo, hi = (float(a) for a in alpha_range)
-        if lo > hi:
-            raise ValueError(f"alpha_range must be (lo, hi) with lo <= hi, got {alpha_range}")
+        kernel_sizes, (lo, hi) = check_kernels_and_alpha(kernel_sizes, alpha_range)
         # Same-named attributes: NVFlare exports component arguments from them.
         self.n_layers = int(n_layers)
         self.interm_channels = int(interm_channels)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .gin import _rand, _randn
+from .gin import _rand, _randn, check_kernels_and_alpha
 
 __all__ = ["RandConvAugment"]
 
@@ -59,12 +59,7 @@ class RandConvAugment:
         alpha_range: Tuple[float, float] = (0.0, 1.0),
         padding_mode: str = "replicate",
     ) -> None:
-        kernel_sizes = tuple(int(k) for k in kernel_sizes)
-        if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
-            raise ValueError(f"kernel_sizes must be non-empty odd sizes, got {kernel_sizes}")
-        lo, hi = (float(a) for a in alpha_range)
-        if lo > hi:
-            raise ValueError(f"alpha_range must be (lo, hi) with lo <= hi, got {alpha_range}")
+        kernel_sizes, (lo, hi) = check_kernels_and_alpha(kernel_sizes, alpha_range)
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         self.kernel_sizes = kernel_sizes
