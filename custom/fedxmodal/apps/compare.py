@@ -255,7 +255,7 @@ class CompareGrid:
                   f"budget {self.budget['rounds']} rounds x {self.budget['local_epochs']} local epochs "
                   f"(local/centralized: {self.budget['rounds'] * self.budget['local_epochs']} epochs). "
                   "Final models; 3D Dice per structure, mean over each site's test volumes. "
-                  "Command: `python -m fedxmodal compare --data DATA --task TASK"
+                  f"Command: `python -m fedxmodal compare --data DATA --task {self.task}"
                   f"{' --quick' if self.quick else ''}`.\n\n")
         (self.out / "compare.md").write_text(header + md)
         summary = {"config": self.config, "cells": {cell_name(m, r): c for (m, r), c in cells.items()},
