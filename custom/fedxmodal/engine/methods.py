@@ -213,9 +213,6 @@ class DSBNMethod(PlainMethod):
         # Federated, the domain IS the site: one BN per site is FedBN's site-local BN.
         return {"norm_branches": n_domains} if regime == "centralized" and n_domains > 1 else {}
 
-    def prepare(self, per_domain_images) -> None:
-        self.n_domains = len(per_domain_images)
-
     def training_loss(self, model, images, labels, seg_loss, domains=None):
         if n_branches(model) == 1:
             return super().training_loss(model, images, labels, seg_loss)
