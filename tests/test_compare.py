@@ -30,10 +30,10 @@ def grid(tmp_path_factory):
 
 def test_every_applicable_cell_writes_its_json(grid):
     _, out = grid
-    cells = sorted(p.name for p in (out / "cells").glob("*.json"))
+    cells = sorted(p.name for p in (out / "results").glob("*.json"))
     assert cells == ["dsbn__centralized.json", "dsbn__federated.json",
                      "feddg_amp__centralized.json", "feddg_amp__federated.json"]
-    for p in (out / "cells").glob("*.json"):
+    for p in (out / "results").glob("*.json"):
         cell = json.loads(p.read_text())
         assert set(cell["per_site"]) == {"ct-site", "mr-site"}
         for summary in cell["per_site"].values():
@@ -65,7 +65,7 @@ def test_fedbn_global_model_keeps_batchnorm_out_of_the_average(grid):
     _, out = grid
     ckpt = torch.load(out / "runs" / "dsbn__federated" / "model" / "FL_global_model.pt", weights_only=False)
     weights = ckpt["model"]
-    spec = json.loads((out / "cells" / "dsbn__federated.json").read_text())
+    spec = json.loads((out / "results" / "dsbn__federated.json").read_text())
     job_cfg = json.loads((next((out / "runs" / "dsbn__federated" / "job").glob("*/app/config/config_fed_server.json"))
                           ).read_text())
     assert "FedBNAggregator" in json.dumps(job_cfg)
@@ -78,13 +78,13 @@ def test_fedbn_global_model_keeps_batchnorm_out_of_the_average(grid):
 
 def test_rerun_skips_finished_cells_and_refuses_other_settings(grid, capsys):
     root, out = grid
-    before = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    before = {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     capsys.readouterr()
     assert main(["compare", "--data", str(root / "data"), "--task", "abdomen", "--quick", "--out", str(out),
                  "--methods", *METHODS]) == 0
     printed = capsys.readouterr().out
     assert printed.count("done earlier, skipped") == 4
-    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")} == before
     with pytest.raises(SystemExit, match="other settings"):
         main(["compare", "--data", str(root / "data"), "--task", "abdomen", "--quick", "--out", str(out),
               "--methods", *METHODS, "--seed", "1"])

@@ -98,6 +98,22 @@ def test_centralized_regime_cli_writes_results(good_site, tmp_path, capsys):
     assert any((out / "tb").iterdir())
 
 
+def test_regime_without_validation_evaluates_the_final_model_once(good_site, tmp_path, monkeypatch):
+    """validate_every=0 (the comparison grid): no validation, the final model is also "best",
+    and the test split is evaluated once, not twice."""
+    from fedxmodal.engine import regimes
+    calls = []
+    evaluate = SegmentationEngine.evaluate
+    monkeypatch.setattr(SegmentationEngine, "evaluate", lambda self, *a, **k: calls.append(a) or evaluate(self, *a, **k))
+    res = regimes.train_regime("local", [str(good_site)], ("liver", "spleen"), tmp_path / "run", epochs=1,
+                               train=TrainConfig(batch_size=8), network=TINY_NET,
+                               preprocess=SMALL, progress=False, validate_every=0)
+    assert [h.get("val_dice") for h in res["history"]] == [None]
+    assert res["models"]["best"] == res["models"]["final"]
+    assert len(calls) == 1 and calls[0][1] == "test"
+    assert (tmp_path / "run" / "evaluation_best.md").exists()
+
+
 @pytest.mark.parametrize("codes", [("R", "A", "S"), ("L", "P", "S")])
 def test_segment_writes_mask_aligned_with_reoriented_input(tmp_path, codes):
     """Train on RAS data, segment an input stored RAS or LPS: the mask must share the input's

@@ -11,7 +11,7 @@ federation; FedBN sites use their own BatchNorm there).
 Cells that a method cannot have are marked n/a instead of run: FedDG amplitude exchange and DSBN
 need at least two domains, so they have no local cell.
 
-Every finished cell is a JSON file under ``<out>/cells/``; a rerun skips them (resume), and
+Every finished cell is a JSON file under ``<out>/results/``; a rerun skips them (resume), and
 refuses to mix cells of a different grid (budget, seed, task, sites) into the same folder.
 """
 
@@ -137,7 +137,7 @@ class CompareGrid:
         path.write_text(json.dumps({**self.config, "digest": digest}, indent=2))
 
     def cell_path(self, method, regime) -> Path:
-        return self.out / "cells" / f"{cell_name(method, regime)}.json"
+        return self.out / "results" / f"{cell_name(method, regime)}.json"
 
     # ---- cells -----------------------------------------------------------------------------
     def _train_config(self, method) -> TrainConfig:

@@ -71,7 +71,8 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
             best = val
             engine.save(out_dir / "best_model.pt", regime=regime, epoch=epoch, val_dice=val)
     engine.save(out_dir / "final_model.pt", regime=regime, epoch=epochs)
-    if best < 0:  # never validated
+    never_validated = best < 0
+    if never_validated:  # the final model is also the "best": saved and evaluated once
         engine.save(out_dir / "best_model.pt", regime=regime, epoch=epochs)
     wall = time.perf_counter() - t0
     eval_dirs = eval_sites or train_sites
@@ -79,7 +80,7 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
     results = {"regime": regime, "train_sites": [s.name for s in sites], "structures": list(structures),
                "epochs": epochs, "n_train_slices": int(len(images)), "history": history,
                "train": train.to_dict(), "seconds": wall, "models": {}}
-    for tag in ("final", "best"):
+    for tag in ("final",) if never_validated else ("final", "best"):
         model = SegmentationEngine.from_checkpoint(out_dir / f"{tag}_model.pt", device=device)
         evals = []
         for d in eval_dirs:
@@ -88,6 +89,9 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
             evals.append(model.evaluate(site, "test"))
         write_evaluation(evals, out_dir / f"evaluation_{tag}", title=f"{regime} ({tag} model)")
         results["models"][tag] = {e["site"]: e["summary"] for e in evals}
+    if never_validated:
+        results["models"]["best"] = results["models"]["final"]
+        write_evaluation(evals, out_dir / "evaluation_best", title=f"{regime} (final = best model)")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     writer.close()
     return results
