@@ -28,7 +28,8 @@ that jobs never touch: ``local/fedxmodal_site.json`` (``{"data_dir": ...}``, rea
 :mod:`fedxmodal.fl.site_config`) and ``local/resources.json`` (the site's resource manager: GPUs it
 may hand to jobs, see :func:`configure_site_resources`).
 
-Linux only (``/proc``).
+Ports, GPUs and process discovery: :mod:`fedxmodal.fl.processes`; provisioning and kit
+configuration: :mod:`fedxmodal.fl.kits`. Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -38,24 +39,21 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-MARKER_ENV = "FEDXMODAL_DEPLOY"
+from .kits import (DEFAULT_ADMIN, DEFAULT_PROJECT, POC_SERVER, SITE_CONFIG_FILE, configure_server,
+                   configure_site_data, configure_site_resources, poc_project, project_participants, provision)
+from .processes import (LOOPBACK, MARKER_ENV, DeployError, LiveProcess, federation_processes, free_port,
+                        host_gpu_ids, port_is_free, python_without_package, run_nvflare_cli, signal_all,
+                        write_json_atomic)
+
 STATE_FILE = "federation.json"
-SITE_CONFIG_FILE = "fedxmodal_site.json"
 CONSOLE_LOG = "console.log"
-DEFAULT_PROJECT = "fedxmodal_poc"
-DEFAULT_ORG = "fedxmodal"
-DEFAULT_ADMIN = "admin@fedxmodal.org"
-POC_SERVER = "localhost"
-LOOPBACK = "127.0.0.1"
 TERMINAL_PREFIX = "FINISHED"
 
 # Server-side knobs of how fast a vanished site is given up on (NVFlare reads NVFLARE_<NAME> from
@@ -64,6 +62,7 @@ TERMINAL_PREFIX = "FINISHED"
 ENV_DEAD_CLIENT_GRACE = "NVFLARE_DEAD_CLIENT_GRACE_PERIOD"
 ENV_DEAD_CLIENT_LEAD = "NVFLARE_DEAD_CLIENT_CHECK_LEAD_TIME"
 
+# The federation API; kit and process helpers are re-exported so callers need one module.
 __all__ = [
     "DeployError",
     "Federation",
@@ -75,293 +74,13 @@ __all__ = [
     "free_port",
     "host_gpu_ids",
     "poc_project",
+    "port_is_free",
     "prepare_poc",
+    "project_participants",
     "provision",
     "python_without_package",
+    "SITE_CONFIG_FILE",
 ]
-
-
-class DeployError(RuntimeError):
-    """Something about a federation went wrong; the message says what and where to look."""
-
-
-# --------------------------------------------------------------------------------------------
-# small utilities
-# --------------------------------------------------------------------------------------------
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a server could listen on ``port`` now (SO_REUSEADDR, as NVFlare's listener: old
-    connections of a killed server in TIME_WAIT do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, int(port)))
-            return True
-        except OSError:
-            return False
-
-
-def host_gpu_ids() -> List[int]:
-    """GPU ids NVFlare sees on this host (``nvidia-smi``); [] without GPUs."""
-    try:
-        from nvflare.fuel.utils.gpu_utils import get_host_gpu_ids
-
-        return list(get_host_gpu_ids())
-    except Exception:
-        return []
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _nvflare_cli(python: str, args: Sequence[str], root: Path, env_extra: Optional[Mapping[str, str]] = None,
-                 timeout: float = 300, home: Optional[Path] = None) -> subprocess.CompletedProcess:
-    """Run ``python -m nvflare.cli ARGS`` in ``root`` with HOME = ``home`` (default <root>/home):
-    the ~/.nvflare/config.conf the CLI writes stays there, not in the user's home."""
-    home = Path(home) if home else root / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
-    env["HOME"] = str(home)
-    env.update(env_extra or {})
-    proc = subprocess.run([python, "-m", "nvflare.cli", *args], env=env, cwd=str(root), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise DeployError(f"`nvflare {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def python_without_package(dest: Path, package: str = "fedxmodal", python: Optional[str] = None) -> Path:
-    """A Python that sees this environment's installed packages EXCEPT an editable ``package``.
-
-    Sites of a real federation do not have fedxmodal installed: the code travels with the job
-    (``app/custom/``). To run a local federation the same way, this creates a venv (no pip) whose
-    site-packages holds one plain ``.pth`` line pointing at the current site-packages: the
-    packages there become importable, but the ``.pth`` files inside it -- among them the editable
-    install's -- are not processed. Returns the venv's python; raises DeployError if ``package``
-    is still importable with it.
-    """
-    dest = Path(dest)
-    exe = dest / "bin" / "python"
-    if not exe.exists():
-        base = python or str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}")
-        subprocess.run([base, "-m", "venv", "--without-pip", str(dest)], check=True, capture_output=True)
-        purelib = Path(sysconfig.get_paths(vars={"base": str(dest), "platbase": str(dest)})["purelib"])
-        lines = [sysconfig.get_paths()["purelib"]]
-        if sysconfig.get_paths()["platlib"] != lines[0]:
-            lines.append(sysconfig.get_paths()["platlib"])
-        (purelib / "deploy_deps.pth").write_text("\n".join(lines) + "\n")
-    probe = subprocess.run(
-        [str(exe), "-c", f"import nvflare, importlib.util as u; print(u.find_spec({package!r}) is None)"],
-        capture_output=True, text=True, cwd=str(dest), env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    if probe.stdout.strip() != "True":
-        raise DeployError(f"{exe}: cannot build a Python without {package}: {probe.stdout}{probe.stderr}")
-    return exe
-
-
-# --------------------------------------------------------------------------------------------
-# processes of a federation (/proc)
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LiveProcess:
-    pid: int
-    participant: str
-    cmdline: str
-
-
-def _proc_marker(pid: int) -> Optional[str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        return None
-    key = MARKER_ENV.encode() + b"="
-    for item in env.split(b"\0"):
-        if item.startswith(key):
-            return item[len(key):].decode(errors="replace")
-    return None
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
-
-
-def federation_processes(root: os.PathLike, participant: Optional[str] = None) -> List[LiveProcess]:
-    """Live (non-zombie) processes started for the federation at ``root`` (optionally one participant)."""
-    root = str(Path(root).resolve())
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        marker = _proc_marker(pid)
-        if not marker or "::" not in marker:
-            continue
-        where, name = marker.rsplit("::", 1)
-        if where != root or (participant is not None and name != participant):
-            continue
-        if _proc_state(pid) in ("Z", "X", "?"):
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        found.append(LiveProcess(pid, name, cmd))
-    return found
-
-
-def _signal_all(procs: Iterable[LiveProcess], sig: int) -> None:
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p.pid, sig)
-
-
-# --------------------------------------------------------------------------------------------
-# kits: provisioning and local configuration
-# --------------------------------------------------------------------------------------------
-_BUILDERS = [
-    {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder", "args": {"template_file": ["master_template.yml"]}},
-    {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
-    {"path": "nvflare.lighter.impl.cert.CertBuilder"},
-    {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
-]
-
-
-def poc_project(sites: Sequence[str], port: int, name: str = DEFAULT_PROJECT, admin: str = DEFAULT_ADMIN,
-                org: str = DEFAULT_ORG, server: str = POC_SERVER) -> dict:
-    """The project (``nvflare provision`` / ``nvflare poc prepare -i`` format) of a POC federation:
-    one server on ``port`` (FL and admin traffic share it), the sites, one project admin. The
-    server is named ``localhost``: NVFlare then listens on 127.0.0.1 only (any other name: all
-    interfaces) and its certificate is issued for the name the sites connect to."""
-    sites = list(sites)
-    if not sites:
-        raise ValueError("a federation needs at least one site")
-    if len(set(sites)) != len(sites):
-        raise ValueError(f"duplicate site names: {sites}")
-    for s in sites:
-        if s in (server, admin) or not s.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"invalid site name {s!r} (letters, digits, '-' and '_')")
-    participants = [{"name": server, "type": "server", "org": org, "fed_learn_port": int(port),
-                     "admin_port": int(port)}]
-    participants += [{"name": s, "type": "client", "org": org} for s in sites]
-    participants.append({"name": admin, "type": "admin", "org": org, "role": "project_admin"})
-    return {"api_version": 3, "name": name, "description": "fedxmodal POC federation (loopback)",
-            "participants": participants, "builders": _BUILDERS}
-
-
-def _read_resources(local: Path) -> dict:
-    path = local / "resources.json"
-    if not path.is_file():
-        path = local / "resources.json.default"
-    return json.loads(path.read_text())
-
-
-def configure_site_data(kit: os.PathLike, data_dir: os.PathLike, **extra) -> Path:
-    """Write ``<kit>/local/fedxmodal_site.json`` = ``{"data_dir": <abs path>, **extra}``."""
-    data_dir = Path(data_dir).expanduser().resolve()
-    path = Path(kit) / "local" / SITE_CONFIG_FILE
-    _write_json(path, {"data_dir": str(data_dir), **extra})
-    return path
-
-
-def configure_site_resources(kit: os.PathLike, gpus: Optional[Sequence[int]] = None) -> dict:
-    """Set the site's resource manager in ``<kit>/local/resources.json``; returns what was set.
-
-    Jobs declare what a site must give them in meta.json ``resource_spec`` (fedxmodal jobs:
-    ``{"@default": {"num_of_gpus": 1}}``); NVFlare schedules a job only where the site's resource
-    manager says yes.
-
-    * ``gpus`` = a non-empty list of host GPU ids: ``GPUResourceManager`` over exactly these GPUs
-      (the site process also gets ``CUDA_VISIBLE_DEVICES`` = these ids, see ``Federation.start``);
-      ``GPUResourceConsumer`` sets ``CUDA_VISIBLE_DEVICES`` of each job process to the GPU(s)
-      NVFlare allocated to it, so the job's ``cuda`` device is the GPU it was given.
-    * ``gpus`` = [] or None on a host without GPUs: ``PassthroughResourceManager`` -- a CPU site
-      that accepts GPU jobs and runs them on its CPU (same code path, fedxmodal picks the device).
-    * ``gpus`` = None on a host with GPUs: all host GPUs.
-    """
-    local = Path(kit) / "local"
-    res = _read_resources(local)
-    comps = [c for c in res.get("components", []) if c.get("id") not in ("resource_manager", "resource_consumer")]
-    if gpus is None:
-        gpus = host_gpu_ids()
-    gpus = [int(g) for g in gpus]
-    if gpus:
-        manager = {"id": "resource_manager",
-                   "path": "nvflare.app_common.resource_managers.gpu_resource_manager.GPUResourceManager",
-                   "args": {"num_of_gpus": len(gpus), "mem_per_gpu_in_GiB": 0, "expiration_period": 30}}
-        consumer = {"id": "resource_consumer",
-                    "path": "nvflare.app_common.resource_consumers.gpu_resource_consumer.GPUResourceConsumer",
-                    "args": {}}
-    else:
-        manager = {"id": "resource_manager",
-                   "path": "nvflare.app_common.resource_managers.passthrough_resource_manager.PassthroughResourceManager",
-                   "args": {}}
-        consumer = {"id": "resource_consumer",
-                    "path": "nvflare.app_common.resource_consumers.passthrough_resource_consumer.PassthroughResourceConsumer",
-                    "args": {}}
-    res["components"] = [manager, consumer, *comps]
-    _write_json(local / "resources.json", res)
-    return {"gpus": gpus, "resource_manager": manager["path"].rsplit(".", 1)[1]}
-
-
-def configure_server(kit: os.PathLike, heartbeat_timeout: Optional[float] = None,
-                     storage_root: Optional[os.PathLike] = None) -> None:
-    """Server kit settings in ``<kit>/local/resources.json``: ``heart_beat_timeout`` (s after which a
-    silent site is dropped; NVFlare default 600) and, for provisioned kits, the job and snapshot
-    storage (NVFlare's default is /tmp/nvflare/..., shared by every server on the machine)."""
-    local = Path(kit) / "local"
-    res = _read_resources(local)
-    if heartbeat_timeout is not None:
-        for srv in res.get("servers", []):
-            srv["heart_beat_timeout"] = float(heartbeat_timeout)
-    if storage_root is not None:
-        storage_root = Path(storage_root).resolve()
-        res["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(storage_root / "snapshot-storage")
-        for comp in res.get("components", []):
-            if comp.get("id") == "job_manager":
-                comp.setdefault("args", {})["uri_root"] = str(storage_root / "jobs-storage")
-    _write_json(local / "resources.json", res)
-
-
-def provision(project_file: os.PathLike, workspace: os.PathLike, python: Optional[str] = None) -> Path:
-    """``nvflare provision -p PROJECT -w WORKSPACE``; returns the folder holding the startup kits."""
-    import tempfile
-
-    workspace = Path(workspace).resolve()
-    workspace.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="nvflare-home-") as home:
-        _nvflare_cli(python or sys.executable, ["provision", "-p", str(Path(project_file).resolve()), "-w",
-                                                str(workspace), "--force"], workspace, home=Path(home))
-    import yaml
-
-    name = yaml.safe_load(Path(project_file).read_text())["name"]
-    prods = sorted((workspace / name).glob("prod_*"), key=lambda p: int(p.name.split("_")[1]))
-    if not prods:
-        raise DeployError(f"provisioning wrote no kits under {workspace / name}")
-    return prods[-1]
-
-
-def project_participants(project: Mapping) -> dict:
-    """``{"server": name, "sites": [...], "admins": {name: role}}`` of a project dict."""
-    parts = project["participants"]
-    servers = [p["name"] for p in parts if p["type"] == "server"]
-    if len(servers) != 1:
-        raise DeployError(f"the project must have exactly one server, got {servers}")
-    return {"server": servers[0], "sites": [p["name"] for p in parts if p["type"] == "client"],
-            "admins": {p["name"]: p.get("role") for p in parts if p["type"] == "admin"}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +112,7 @@ class Federation:
         state = asdict(self)
         state.update(root=str(self.root), prod_dir=str(self.prod_dir))
         path = self.root / STATE_FILE
-        _write_json(path, state)
+        write_json_atomic(path, state)
         return path
 
     @classmethod
@@ -633,7 +352,7 @@ class Federation:
         procs = self.processes(name)
         deadline = time.time() + timeout
         while procs and time.time() < deadline:
-            _signal_all(procs, sig)
+            signal_all(procs, sig)
             time.sleep(0.2)
             procs = self.processes(name)
         if procs:
@@ -705,7 +424,7 @@ class Federation:
             if not left:
                 break
             report[key] = [asdict(p) for p in left]
-            _signal_all(left, sig)
+            signal_all(left, sig)
             end = time.time() + 5
             while self.processes() and time.time() < end:
                 time.sleep(0.2)
@@ -765,7 +484,7 @@ def prepare_poc(root: os.PathLike, sites: Sequence[str] = ("ct-site", "mr-site")
     project_file = root / "project.yml"
     project_file.write_text(yaml.safe_dump(project, sort_keys=False))
     nv_ws = root / "nvflare"
-    _nvflare_cli(python, ["poc", "prepare", "-i", str(project_file), "--force"], root,
+    run_nvflare_cli(python, ["poc", "prepare", "-i", str(project_file), "--force"], root,
                  {"NVFLARE_POC_WORKSPACE": str(nv_ws)})
     prod = nv_ws / project_name / "prod_00"
     if site_python == "isolated":
