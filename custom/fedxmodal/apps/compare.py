@@ -335,10 +335,12 @@ def plot_grid(cells, methods, sites, modality, path: Path, title: str) -> None:
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("mean 3D Dice")
-    axes[0][-1].legend(fontsize=8)
+    # one legend beside the panels, so it never hides a bar
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
