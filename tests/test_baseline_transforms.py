@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedxmodal.transforms.bezier import BezierStyleAugment, bezier_curve
+from fedxmodal.transforms.bezier import BezierStyleAugment, bezier_curve, minmax_symmetric
 from fedxmodal.transforms.frequency import (
     AmplitudeInterpolationAugment,
     ButterworthHighPassAugment,
@@ -357,6 +357,31 @@ def test_bezier_similar_monotone_dissimilar_inverted_and_zscored(shape):
     assert ((_per_sample(sim) - z).abs().amax(1) > 1e-2).all()
     assert ((_per_sample(dis) + z).abs().amax(1) > 1e-2).all()
     assert ((_per_sample(dis) + _per_sample(sim)).abs().amax(1) > 1e-2).all()
+
+
+def test_bezier_without_zscore_keeps_dual_norms_range_and_the_sign_of_the_contrast():
+    """Dual-Norm's views stay in [-1, 1]: the similar view keeps the darkest pixel at -1 and the
+    brightest at +1 (curve endpoints), the dissimilar view swaps them; z-scored views would not."""
+    x = torch.randn(4, 1, 20, 20, dtype=torch.float64) * 5 + 3
+    sim, dis = BezierStyleAugment(zscore=False)(x, generator=_gen(1))
+    fx, fs, fd = _per_sample(x), _per_sample(sim), _per_sample(dis)
+    lo, hi = fx.argmin(1, keepdim=True), fx.argmax(1, keepdim=True)
+    for t, at_lo, at_hi in ((fs, -1.0, 1.0), (fd, 1.0, -1.0)):
+        assert t.amin() >= -1 - 1e-9 and t.amax() <= 1 + 1e-9
+        torch.testing.assert_close(t.gather(1, lo).squeeze(1), torch.full((4,), at_lo, dtype=torch.float64))
+        torch.testing.assert_close(t.gather(1, hi).squeeze(1), torch.full((4,), at_hi, dtype=torch.float64))
+    # the same draw with z-scoring is the standardised version of these views
+    zs, _ = BezierStyleAugment()(x, generator=_gen(1))
+    torch.testing.assert_close(_per_sample(zs), (fs - fs.mean(1, keepdim=True)) / fs.std(1, unbiased=False, keepdim=True),
+                               rtol=0, atol=1e-5)
+
+
+def test_minmax_symmetric_scales_each_sample_to_minus_one_one():
+    x = torch.stack([torch.linspace(2, 6, 16).reshape(1, 4, 4), torch.full((1, 4, 4), 7.0)])
+    out = minmax_symmetric(x)
+    torch.testing.assert_close(out[0].flatten(), torch.linspace(-1, 1, 16))
+    assert (out[1] == -1).all()  # constant sample
+    torch.testing.assert_close(minmax_symmetric(3 * x + 1), out)
 
 
 def test_bezier_is_global_intensity_map_invariant_to_affine_input_scaling():

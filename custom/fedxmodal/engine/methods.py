@@ -17,7 +17,7 @@ import torch
 
 from ..losses.consistency import kl_consistency
 from ..networks.domain_norm import forward_by_branch, n_branches, select_branches, set_branch
-from ..transforms.bezier import BezierStyleAugment
+from ..transforms.bezier import BezierStyleAugment, minmax_symmetric
 from ..transforms.frequency import ButterworthHighPassAugment, interpolate_low_freq_amplitude, low_freq_amplitude
 from ..transforms.gin import GINAugment
 from ..transforms.ipa import gin_ipa_views
@@ -234,7 +234,12 @@ class DualNormMethod(PlainMethod):
     """Dual-Norm (Zhou et al., CVPR 2022): every slice is remapped by a random Bezier curve into a
     source-similar (monotone) and a source-dissimilar (inverted) image; the first go through BN
     branch 0, the second through branch 1 (``network.norm_branches = 2``); both are segmented.
-    At test each slice takes the branch whose stored BN statistics are closest to its own."""
+    At test each slice takes the branch whose stored BN statistics are closest to its own.
+
+    The network sees slices min-max scaled to ``[-1, 1]`` (training views and test slices alike),
+    as in the original: on z-scored input the first BN's statistics of an image and of its
+    inversion are the same (a linear conv of -x has the mean and std of that of x), and the rule
+    routed about half of the in-domain slices to the wrong branch."""
 
     name = "dualnorm"
 
@@ -243,7 +248,7 @@ class DualNormMethod(PlainMethod):
         return {"norm_branches": 2}
 
     def __init__(self):
-        self.bezier = BezierStyleAugment()
+        self.bezier = BezierStyleAugment(zscore=False)
 
     def training_loss(self, model, images, labels, seg_loss, domains=None):
         if n_branches(model) != 2:
@@ -254,6 +259,7 @@ class DualNormMethod(PlainMethod):
         return seg_loss(logits, torch.cat([labels, labels])[:, None]), {}
 
     def infer(self, model, images, domain=None):
+        images = minmax_symmetric(images)
         return forward_by_branch(model, images, select_branches(model, images))
 
 

@@ -59,6 +59,18 @@ def _interp(v: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor
     return y0 + wgt * (y1 - y0)
 
 
+def minmax_symmetric(images: torch.Tensor) -> torch.Tensor:
+    """``(B, ...)`` -> same shape, each sample min-max scaled to ``[-1, 1]`` (a constant sample -> -1).
+
+    Dual-Norm's input range: unlike a z-score it keeps the sign of the contrast (a dark background
+    stays at -1), so the first BatchNorm's statistics can tell an image from its inversion."""
+    b = images.shape[0]
+    flat = images.reshape(b, -1)
+    lo = flat.amin(dim=1, keepdim=True)
+    span = (flat.amax(dim=1, keepdim=True) - lo).clamp_min(torch.finfo(flat.dtype).tiny)
+    return ((flat - lo) / span * 2 - 1).reshape(images.shape)
+
+
 def _zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-row standardisation of ``(B, P)`` (population std)."""
     mean = x.mean(dim=1, keepdim=True)
@@ -81,25 +93,28 @@ class BezierStyleAugment:
     3. ``similar = curve_1(v)``; ``dissimilar = -curve_2(v)`` (the second curve flipped, from
        ``(-1, 1)`` to ``(1, -1)``: non-increasing). Independent curves, so the dissimilar view is
        not just ``-similar``;
-    4. each view z-scored per sample over ``(C, H, W)``: the network expects z-scored input.
+    4. with ``zscore=True`` (default) each view is z-scored per sample over ``(C, H, W)``; with
+       ``zscore=False`` the views stay in ``[-1, 1]`` (Dual-Norm's range: see :func:`minmax_symmetric`).
 
     The map is evaluated by linear interpolation between ``n_points`` points of the curve.
 
     Args:
         n_points: samples along each curve (lookup table size).
+        zscore: standardise each view per sample (else keep ``[-1, 1]``).
 
     Shapes:
         ``images`` ``(B, C, H, W)`` float -> ``(similar, dissimilar)``, each ``(B, C, H, W)``,
         same dtype and device (float32 maths for half precision); no autograd graph.
     """
 
-    def __init__(self, n_points: int = 1000) -> None:
+    def __init__(self, n_points: int = 1000, zscore: bool = True) -> None:
         if n_points < 2:
             raise ValueError(f"n_points must be >= 2, got {n_points}")
         self.n_points = int(n_points)
+        self.zscore = bool(zscore)
 
     def __repr__(self) -> str:
-        return f"BezierStyleAugment(n_points={self.n_points})"
+        return f"BezierStyleAugment(n_points={self.n_points}, zscore={self.zscore})"
 
     def curves(self, batch: int, generator: Optional[torch.Generator] = None,
                device=None, dtype=torch.float32) -> torch.Tensor:
@@ -112,24 +127,23 @@ class BezierStyleAugment:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(similar, dissimilar)``, each ``(B, C, H, W)`` and z-scored per sample."""
+        """Return ``(similar, dissimilar)``, each ``(B, C, H, W)``, z-scored per sample or in ``[-1, 1]``."""
         if not torch.is_floating_point(images):
             raise TypeError(f"BezierStyleAugment needs a floating point tensor, got {images.dtype}")
         if images.dim() != 4:
             raise ValueError(f"expected (B, C, H, W), got shape {tuple(images.shape)}")
         wdt = torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
         b = images.shape[0]
-        flat = images.to(wdt).reshape(b, -1)
-        lo = flat.amin(dim=1, keepdim=True)
-        span = (flat.amax(dim=1, keepdim=True) - lo).clamp_min(torch.finfo(wdt).tiny)
-        v = (flat - lo) / span * 2 - 1
+        v = minmax_symmetric(images.to(wdt).reshape(b, -1))
 
         pts = bezier_curve(self.curves(b, generator, images.device, wdt), self.n_points)  # (2, B, n, 2)
         # cummax: Bernstein sums can wobble by an ulp; searchsorted needs sorted xs and the
         # monotone guarantee should hold exactly.
         xs = pts[..., 0].cummax(dim=-1).values
         ys = pts[..., 1].cummax(dim=-1).values
-        similar = _zscore(_interp(v, xs[0].contiguous(), ys[0].contiguous()))
-        dissimilar = _zscore(-_interp(v, xs[1].contiguous(), ys[1].contiguous()))
+        similar = _interp(v, xs[0].contiguous(), ys[0].contiguous())
+        dissimilar = -_interp(v, xs[1].contiguous(), ys[1].contiguous())
+        if self.zscore:
+            similar, dissimilar = _zscore(similar), _zscore(dissimilar)
         return (similar.reshape(images.shape).to(images.dtype),
                 dissimilar.reshape(images.shape).to(images.dtype))
