@@ -12,7 +12,7 @@ import torch
 from fedxmodal.apps.compare import METHOD_ORDER
 from fedxmodal.engine.methods import METHODS
 from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig, seed_everything
-from fedxmodal.networks.domain_norm import MultiBranchBatchNorm2d, batchnorm_state_keys, select_branches, set_branch
+from fedxmodal.networks.domain_norm import MultiBranchBatchNorm2d, batchnorm_state_keys, set_branch
 from fedxmodal.networks.unet import SegmentationUNet, UNetConfig
 
 from conftest import blob_case
