@@ -13,19 +13,23 @@ import torch.nn.functional as F
 
 
 class ToyNet(nn.Module):
-    def __init__(self, in_channels: int = 1, num_classes: int = 3, width: int = 16):
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, width: int = 16, init_seed: int = 0):
         super().__init__()
         # stored under the argument names: NVFlare's job exporter reads constructor args back this way
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.width = width
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=2, dilation=2),
-            nn.ReLU(),
-            nn.Conv2d(width, num_classes, 1),
-        )
+        self.init_seed = init_seed
+        # the server process is not seeded: fix the initial weights here (as SegmentationUNet does)
+        with torch.random.fork_rng():
+            torch.manual_seed(init_seed)
+            self.net = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=2, dilation=2),
+                nn.ReLU(),
+                nn.Conv2d(width, num_classes, 1),
+            )
         with torch.no_grad():  # start by predicting background everywhere: initial Dice is exactly 0
             self.net[-1].bias.copy_(torch.tensor([3.0] + [0.0] * (num_classes - 1)))
 
