@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
+from monai.metrics import compute_dice
 
 from fedxmodal.data.slices import SiteSlices
 from fedxmodal.engine.trainer import SegmentationEngine
@@ -22,8 +23,9 @@ from fedxmodal.transforms.bezier import minmax_symmetric
 
 
 def foreground_dice(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    fg, pf = labels > 0, pred > 0
-    return 2 * (fg & pf).sum().item() / max(1, fg.sum().item() + pf.sum().item())
+    """(Z, H, W) class maps -> Dice of "any structure" vs background over all slices (MONAI)."""
+    as_volume = lambda t: (t > 0).float().reshape(1, 1, -1)  # noqa: E731  all slices as one sample
+    return compute_dice(as_volume(pred), as_volume(labels), include_background=True).item()
 
 
 def main(grid: Path, data: Path) -> None:
