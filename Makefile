@@ -19,7 +19,7 @@ PKG_FILES := $(shell find custom/fedxmodal -name '*.py')
 jobs: $(JOB_STAMPS)
 
 jobs/%/app/custom/.exported: jobs/specs/%.json $(PKG_FILES) $(STAMP)
-	$(PY) -m fedxmodal.fl.job $< --export-dir jobs
+	$(PY) -m fedxmodal.recipes.export $< --export-dir jobs
 	touch $@
 
 $(STAMP): requirements.txt pyproject.toml

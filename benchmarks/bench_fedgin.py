@@ -8,7 +8,7 @@ Everything is measured in ONE run, on a tiny procedural phantom federation writt
 dir (``write_phantom_federation(n_train=2, n_val=1, n_test=1)``: ct-site 60, mr-site 51
 foreground training slices of 128x128 with the job's preprocessing):
 
-1. Engine overhead -- training throughput (slices/s) of ``SegmentationEngine.fit`` (method "gin"
+1. Engine overhead -- training throughput (slices/s) of ``SupervisedTrainer.fit`` (method "gin"
    with the FedGIN job's settings, and "none") vs a bare PyTorch loop over the same U-Net
    (``build_unet`` with the same ``UNetConfig``), the same in-memory ct-site slices, batch size,
    GIN module, DiceCE loss and Adam settings (randperm batches -> GIN -> forward -> loss ->
@@ -84,7 +84,7 @@ def median(xs):
 
 def job_settings():
     """The committed FedGIN spec and what the engine needs from it."""
-    from fedxmodal.fl.job import load_spec
+    from fedxmodal.recipes.spec import load_spec
     from fedxmodal.networks.unet import UNetConfig
 
     spec = load_spec(str(SPEC))
@@ -158,7 +158,8 @@ def bench_engine(images, labels, structures, network, train, threads, reps, epoc
     """Interleaved repetitions of 5 variants; returns {variant: [slices/s per rep]}."""
     import torch
 
-    from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig
+    from fedxmodal.engine.supervised import TrainConfig
+    from fedxmodal.methods import build_trainer
     from fedxmodal.networks.unet import UNetConfig
 
     torch.set_num_threads(threads)
@@ -168,7 +169,7 @@ def bench_engine(images, labels, structures, network, train, threads, reps, epoc
         torch.manual_seed(seed)
         tc = TrainConfig.from_dict({**train, "method": method, "method_args": gin_args if method == "gin" else {},
                                     "spatial_augment": spatial, "seed": seed})
-        eng = SegmentationEngine(structures, UNetConfig.from_dict(network), tc, device="cpu")
+        eng = build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu")
         return lambda: eng.fit(images, labels, epochs=epochs_per_rep, progress=False)
 
     def bare(with_gin):
@@ -292,27 +293,23 @@ def parse_simulator_logs(ws: Path, t0: float, t_exit: float, rounds: int) -> dic
 
 
 def run_simulator(tmp: Path, rep: int, rounds: int, data_root: Path, timeout: int) -> dict:
-    from fedxmodal.fl.job import export_job, load_spec
+    from fedxmodal.deploy.simulator import run_simulator as run_nvflare_simulator
+    from fedxmodal.recipes.export import export_job, load_spec
 
     spec = load_spec(str(SPEC))
     spec["num_rounds"] = rounds
     spec["client_args"] = {**spec["client_args"], "local_epochs": 1}
-    job = export_job(tmp / f"jobs{rep}", **spec)
+    job = export_job(tmp / f"jobs{rep}", spec)
     ws = tmp / f"ws{rep}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
     env.update(FEDXMODAL_DATA_ROOT=str(data_root), FEDXMODAL_CHECKPOINT_DIR=str(tmp / f"ckpt{rep}"))
-    nvflare = Path(sys.executable).parent / "nvflare"
-    cmd = [str(nvflare)] if nvflare.exists() else [sys.executable, "-m", "nvflare.cli"]
-    cmd += ["simulator", str(job), "-w", str(ws), "-n", "2", "-t", "2", "-c", ",".join(SITES)]
     log = tmp / f"simulator{rep}.out.txt"
     cpu0, t0 = children_cpu_s(), time.time()
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, env=env, cwd=tmp, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    run_nvflare_simulator(job, ws, env, log, rounds, SITES, timeout=timeout, echo=False, cwd=tmp)
     t_exit, cpu = time.time(), children_cpu_s() - cpu0
     cse = ws / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
-    if rc != 0 or not cse.is_file():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-        raise RuntimeError(f"nvflare simulator failed (rc={rc}, cross-site results: {cse.is_file()}):\n{tail}")
+    if not cse.is_file():
+        raise RuntimeError(f"nvflare simulator wrote no cross-site results ({cse}); see {log}")
     out = parse_simulator_logs(ws, t0, t_exit, rounds)
     out["cpu_s"] = cpu  # user+system CPU of the simulator and all its processes
     out["cse_results"] = sum(len(v) for v in json.loads(cse.read_text()).values())
@@ -342,10 +339,12 @@ def plain_child(data_root: str, rounds: int) -> None:
 
     from fedxmodal.data.preprocess import PreprocessConfig
     from fedxmodal.data.slices import SiteSlices
-    from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig, seed_everything
-    from fedxmodal.fl.client_loop import instantiate
+    from fedxmodal.engine.base import seed_everything
+    from fedxmodal.engine.supervised import TrainConfig
     from fedxmodal.fl.segmentation_site import aggregate_metrics
+    from fedxmodal.methods import build_trainer
     from fedxmodal.networks.unet import UNetConfig
+    from fedxmodal.utils import instantiate
 
     t_imports = time.time()
     spec, structures, network, train, preprocess = job_settings()
@@ -361,7 +360,7 @@ def plain_child(data_root: str, rounds: int) -> None:
         data.volumes("test")
         tc = TrainConfig.from_dict({**train, "method": ca.get("method", "gin"), "seed": seed})
         sites[name] = dict(data=data, x=x, y=y,
-                           engine=SegmentationEngine(structures, UNetConfig.from_dict(network), tc, device="cpu"))
+                           engine=build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu"))
     t_ready = time.time()
     glob = instantiate(spec["model"]).state_dict()
     best, best_dice = copy.deepcopy(glob), -1.0

@@ -17,7 +17,7 @@ import torch
 from monai.metrics import compute_dice
 
 from fedxmodal.data.slices import SiteSlices
-from fedxmodal.engine.trainer import SegmentationEngine
+from fedxmodal.methods import load_trainer
 from fedxmodal.networks.domain_norm import forward_by_branch, select_branches
 from fedxmodal.transforms.bezier import minmax_symmetric
 
@@ -35,7 +35,7 @@ def main(grid: Path, data: Path) -> None:
         ckpt = cell / "final_model.pt"
         if not ckpt.is_file():
             continue
-        engine = SegmentationEngine.from_checkpoint(ckpt, device="cpu")
+        engine = load_trainer(ckpt, device="cpu")
         model = engine.model.eval()
         for site in sites:
             x, y = SiteSlices(data / site, engine.structures, engine.preprocess, progress=False).slices("test")

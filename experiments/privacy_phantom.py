@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SITES = ("ct-site", "mr-site")
 SPEC = REPO / "jobs" / "specs" / "fedgin.json"
-GDP = "fedxmodal.fl.privacy.GaussianDPFilter"
+GDP = "fedxmodal.fl.dp.GaussianDPFilter"
 # The input-facing convolutions of the U-Net (main path and residual): what gradient-inversion
 # attacks read the input from most directly.
 INPUT_LAYER = ["model.0.conv.unit0.conv.weight", "model.0.conv.unit0.conv.bias",
@@ -44,11 +44,11 @@ ROWS = {  # key: (label, build_job overrides)
     "dp_0.01": ("Gaussian DP, C=1, sigma=0.01",
                 {"site_output_filters": [{"path": GDP, "args": {"clip_norm": 1.0, "noise_multiplier": 0.01, "seed": 0}}]}),
     "fp16": ("ModelQuantizer float16",
-             {"site_output_filters": [{"path": "fedxmodal.fl.privacy.ModelQuantizer", "args": {"quantization_type": "float16"}}],
-              "server_input_filters": [{"path": "fedxmodal.fl.privacy.ModelDequantizer", "args": {}}]}),
+             {"site_output_filters": [{"path": "fedxmodal.fl.quantization.ModelQuantizer", "args": {"quantization_type": "float16"}}],
+              "server_input_filters": [{"path": "fedxmodal.fl.quantization.ModelDequantizer", "args": {}}]}),
     "adaquant": ("ModelQuantizer adaquant",
-                 {"site_output_filters": [{"path": "fedxmodal.fl.privacy.ModelQuantizer", "args": {"quantization_type": "adaquant"}}],
-                  "server_input_filters": [{"path": "fedxmodal.fl.privacy.ModelDequantizer", "args": {}}]}),
+                 {"site_output_filters": [{"path": "fedxmodal.fl.quantization.ModelQuantizer", "args": {"quantization_type": "adaquant"}}],
+                  "server_input_filters": [{"path": "fedxmodal.fl.quantization.ModelDequantizer", "args": {}}]}),
     "percentile": ("PercentilePrivacy, percentile=90, gamma=0.01",
                    {"site_output_filters": [{"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
                                              "args": {"percentile": 90, "gamma": 0.01}}]}),
@@ -76,8 +76,8 @@ def run_row(key: str, out: Path, data: Path, rounds: int) -> dict:
     sys.path.insert(0, str(REPO / "custom"))
     from fedxmodal.apps.demo import run_simulator
     from fedxmodal.data.slices import SiteSlices
-    from fedxmodal.fl.job import export_job, load_spec
-    from fedxmodal.fl.models import engine_from_fl_model
+    from fedxmodal.recipes.export import export_job, load_spec
+    from fedxmodal.apps.models import trainer_from_fl_model
 
     label, overrides = ROWS[key]
     spec = load_spec(SPEC)
@@ -88,7 +88,7 @@ def run_row(key: str, out: Path, data: Path, rounds: int) -> dict:
     spec.update(overrides)
     work = out / key
     shutil.rmtree(work, ignore_errors=True)
-    job = export_job(work / "jobs", **spec)
+    job = export_job(work / "jobs", spec)
     ws = work / "workspace"
     env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(work / "checkpoints"),
            "PYTHONUNBUFFERED": "1"}
@@ -101,7 +101,7 @@ def run_row(key: str, out: Path, data: Path, rounds: int) -> dict:
 
     torch.set_num_threads(1)
     structures = spec["client_args"]["structures"]
-    engine = engine_from_fl_model(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.pt", job)
+    engine = trainer_from_fl_model(ws / "server" / "simulate_job" / "app_server" / "FL_global_model.pt", job)
     dice = {}
     for s in SITES:
         ev = engine.evaluate(SiteSlices(data / s, structures, progress=False), "test")
@@ -121,7 +121,7 @@ def run_row(key: str, out: Path, data: Path, rounds: int) -> dict:
 
 def summarize(out: Path) -> str:
     sys.path.insert(0, str(REPO / "custom"))
-    from fedxmodal.fl.privacy import gaussian_dp_epsilon
+    from fedxmodal.fl.dp import gaussian_dp_epsilon
 
     rows = []
     base = None

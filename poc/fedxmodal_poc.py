@@ -29,10 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 try:
-    from fedxmodal.fl import deploy
+    from fedxmodal.deploy import federation as deploy
 except ImportError:  # not installed: use the repository's copy
     sys.path.insert(0, str(REPO / "custom"))
-    from fedxmodal.fl import deploy
+    from fedxmodal.deploy import federation as deploy
 
 ENV_WORKSPACE = "FEDXMODAL_POC_WORKSPACE"
 LAST_JOB = "last_job.txt"
@@ -143,7 +143,7 @@ def cmd_status(args) -> int:
 
 
 def _export_spec(args, fed) -> Path:
-    from fedxmodal.fl.job import export_job, load_spec
+    from fedxmodal.recipes.export import export_job, load_spec
 
     spec = load_spec(args.job)
     for key, text in _parse_pairs(args.set, "--set").items():
@@ -156,7 +156,7 @@ def _export_spec(args, fed) -> Path:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-    return export_job(fed.root / "jobs", **spec)
+    return export_job(fed.root / "jobs", spec)
 
 
 def cmd_submit(args) -> int:

@@ -15,8 +15,8 @@ from typing import Dict, Iterable, List
 
 import pytest
 
-from fedxmodal.fl import deploy
-from fedxmodal.fl.job import export_job, load_spec
+from fedxmodal.deploy import federation as deploy
+from fedxmodal.recipes.export import export_job, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_SPEC = REPO / "tests" / "fl_toy" / "toy_job.json"
@@ -49,7 +49,7 @@ def export_toy_job(job_root: Path, **overrides) -> Path:
     client_args = overrides.pop("client_args", {})
     spec.update(overrides)
     spec["client_args"] = {**spec["client_args"], **client_args}
-    return export_job(job_root, **spec)
+    return export_job(job_root, spec)
 
 
 def read_events(events_dir: Path, site: str) -> List[dict]:

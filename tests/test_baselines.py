@@ -1,4 +1,4 @@
-"""Seed 000's baselines inside the one engine: every method trains through it; DSBN routes each
+"""Seed 000's baselines through the supervised trainer: every method trains through it; DSBN routes each
 site to its own BatchNorm branch; Dual-Norm picks the right branch for source-like and
 source-unlike slices; FedBN keeps BatchNorm out of the average and at the sites; FedDG's bank
 draws only other domains' spectra in the centralized regime."""
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedxmodal.apps.compare import METHOD_ORDER
-from fedxmodal.engine.methods import METHODS
-from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig, seed_everything
+from fedxmodal.engine.base import seed_everything
+from fedxmodal.engine.supervised import TrainConfig
+from fedxmodal.methods import METHODS, build_trainer
 from fedxmodal.networks.domain_norm import MultiBranchBatchNorm2d, batchnorm_state_keys, set_branch
 from fedxmodal.networks.unet import SegmentationUNet, UNetConfig
 
@@ -34,11 +34,11 @@ def _blob_slices(n_volumes=6, size=64):
 def _engine(method, regime="centralized", n_domains=2, domains=("a", "b"), **train):
     seed_everything(0)
     net = UNetConfig(**TINY, **METHODS[method].network_overrides(regime, n_domains))
-    return SegmentationEngine(("liver", "spleen"), network=net, domains=domains,
-                              train=TrainConfig(method=method, batch_size=8, lr=3e-3, **train))
+    return build_trainer(("liver", "spleen"), network=net, domains=domains,
+                         train=TrainConfig(method=method, batch_size=8, lr=3e-3, **train))
 
 
-@pytest.mark.parametrize("method", METHOD_ORDER)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_through_the_engine(method):
     x, y = _blob_slices(2)
     domains = torch.tensor([0] * (len(x) // 2) + [1] * (len(x) - len(x) // 2))
@@ -77,7 +77,7 @@ def test_dsbn_gives_each_site_its_own_batchnorm_branch():
 def test_dualnorm_picks_the_branch_by_batchnorm_statistics(monkeypatch):
     """Through the method's own inference path (its input scaling, then the rule): slices of the
     training distribution go to branch 0, their intensity inversions to branch 1."""
-    from fedxmodal.engine import methods
+    from fedxmodal.methods import dualnorm as methods
 
     x, y = _blob_slices(6)
     x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / x.std(dim=(1, 2, 3), keepdim=True)
@@ -98,7 +98,7 @@ def test_fedbn_aggregator_leaves_batchnorm_out_of_the_average():
     from nvflare.apis.fl_constant import FLMetaKey
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-    from fedxmodal.fl.aggregators import FedBNAggregator
+    from fedxmodal.methods.dsbn.aggregator import FedBNAggregator
 
     net = SegmentationUNet(2, **TINY)
     bn = batchnorm_state_keys(net)
@@ -126,15 +126,15 @@ def test_fedbn_sites_keep_their_own_batchnorm_after_a_round():
     from nvflare.apis.fl_constant import FLMetaKey
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-    from fedxmodal.fl.aggregators import FedBNAggregator
-    from fedxmodal.fl.segmentation_site import fedbn_weight_access
+    from fedxmodal.methods.dsbn.aggregator import FedBNAggregator
+    from fedxmodal.methods.dsbn.site import FedBNSiteParts
     from fedxmodal.fl.server import merge_partial_update
 
     x, y = _blob_slices(2)
     data = {"ct": x, "mr": -2 * x + 0.5}
     global_model = {k: v.clone() for k, v in SegmentationUNet(2, **TINY).state_dict().items()}
     engines = {s: _engine("dsbn", regime="federated", n_domains=1, domains=()) for s in data}
-    access = {s: fedbn_weight_access(e) for s, e in engines.items()}
+    access = {s: FedBNSiteParts(e, data[s], s).weight_access() for s, e in engines.items()}
     bn = batchnorm_state_keys(engines["ct"].model)
     agg = FedBNAggregator()
     for s, (get_w, set_w) in access.items():

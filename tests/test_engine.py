@@ -1,4 +1,4 @@
-"""The one training engine: it learns, it is seeded, checkpoints round-trip, regimes run, and
+"""The supervised trainer: it learns, it is seeded, checkpoints round-trip, regimes run, and
 ``segment`` writes masks in the input's own geometry."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch
 from fedxmodal.cli import main
 from fedxmodal.data.preprocess import PreprocessConfig
 from fedxmodal.data.slices import SiteSlices
-from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig, seed_everything
+from fedxmodal.engine.base import seed_everything
+from fedxmodal.engine.supervised import SupervisedTrainer, TrainConfig
+from fedxmodal.methods import build_trainer, load_trainer
 from fedxmodal.networks.unet import UNetConfig
 
 from conftest import blob_case, write_site
@@ -24,9 +26,8 @@ TINY_NET = UNetConfig(channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
 
 def _engine(method="none", seed=0, **kw):
     seed_everything(seed)
-    return SegmentationEngine(("liver", "spleen"), network=TINY_NET,
-                              train=TrainConfig(method=method, batch_size=8, lr=3e-3, seed=seed, **kw),
-                              preprocess=SMALL)
+    return build_trainer(("liver", "spleen"), network=TINY_NET,
+                         train=TrainConfig(method=method, batch_size=8, lr=3e-3, seed=seed, **kw), preprocess=SMALL)
 
 
 def test_engine_learns_and_dice_rises(good_site):
@@ -70,12 +71,12 @@ def test_seed_fixes_a_run(good_site):
 def test_checkpoint_round_trip_and_bad_checkpoint(tmp_path):
     e = _engine()
     path = e.save(tmp_path / "m.pt", note="x")
-    e2 = SegmentationEngine.from_checkpoint(path)
+    e2 = load_trainer(path)
     assert e2.structures == ("liver", "spleen") and e2.meta == {"note": "x"}
     assert all(torch.equal(v, e2.get_weights()[k]) for k, v in e.get_weights().items())
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt: not a fedxmodal checkpoint"):
-        SegmentationEngine.from_checkpoint(tmp_path / "bad.pt")
+        load_trainer(tmp_path / "bad.pt")
 
 
 def test_nan_training_input_is_refused():
@@ -101,10 +102,10 @@ def test_centralized_regime_cli_writes_results(good_site, tmp_path, capsys):
 def test_regime_without_validation_evaluates_the_final_model_once(good_site, tmp_path, monkeypatch):
     """validate_every=0 (the comparison grid): no validation, the final model is also "best",
     and the test split is evaluated once, not twice."""
-    from fedxmodal.engine import regimes
+    from fedxmodal.apps import regimes
     calls = []
-    evaluate = SegmentationEngine.evaluate
-    monkeypatch.setattr(SegmentationEngine, "evaluate", lambda self, *a, **k: calls.append(a) or evaluate(self, *a, **k))
+    evaluate = SupervisedTrainer.evaluate
+    monkeypatch.setattr(SupervisedTrainer, "evaluate", lambda self, *a, **k: calls.append(a) or evaluate(self, *a, **k))
     res = regimes.train_regime("local", [str(good_site)], ("liver", "spleen"), tmp_path / "run", epochs=1,
                                train=TrainConfig(batch_size=8), network=TINY_NET,
                                preprocess=SMALL, progress=False, validate_every=0)
@@ -159,5 +160,5 @@ def test_server_model_initial_weights_are_seeded_without_touching_global_rng():
     assert torch.equal(before, after)  # the caller's random stream is unchanged
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
-    engine = SegmentationEngine(("liver",) * 1 + ("kidney_right", "kidney_left", "spleen", "pancreas", "gallbladder"))
+    engine = build_trainer(("liver",) * 1 + ("kidney_right", "kidney_left", "spleen", "pancreas", "gallbladder"))
     assert set(engine.get_weights()) == set(a)  # the server's model and the sites' engines share keys

@@ -25,7 +25,7 @@ import torch
 from deploy_helpers import (DEAD_SITE_GRACE, HEARTBEAT_TIMEOUT, POC_CLI, REPO, assert_nothing_left,
                             export_toy_job, make_toy_sites, job_results, read_events, round_numbers,
                             site_python, wait_for)  # noqa: F401
-from fedxmodal.fl import deploy
+from fedxmodal.deploy import federation as deploy
 
 sys.path.insert(0, str(REPO / "tests" / "fl_toy"))
 from toy_client import weights_digest  # noqa: E402

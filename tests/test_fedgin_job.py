@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedxmodal.cli import main
-from fedxmodal.fl.job import export_job, load_spec
+from fedxmodal.recipes.export import export_job, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_a_site_with_broken_data_fails_naming_site_and_file(quick_demo, tmp_path
     broken.write_bytes(broken.read_bytes()[:2000])  # truncated
     job_spec = load_spec(REPO / "jobs" / "specs" / "fedgin.json")
     job_spec.update(num_rounds=1, cross_site_eval=False)
-    job = export_job(tmp_path / "jobs", **job_spec)
+    job = export_job(tmp_path / "jobs", job_spec)
     from fedxmodal.apps.demo import run_simulator
 
     env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(tmp_path / "ck")}

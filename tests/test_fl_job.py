@@ -30,7 +30,7 @@ sys.path.insert(0, str(TOY))
 from toy_client import weights_digest  # noqa: E402
 
 from fedxmodal.fl.client_loop import parse_client_args  # noqa: E402
-from fedxmodal.fl.job import compare_job_dirs, export_job, load_spec  # noqa: E402
+from fedxmodal.recipes.export import compare_job_dirs, export_job, load_spec  # noqa: E402
 
 
 # ------------------------------------------------------------------ helpers / fixtures
@@ -83,7 +83,7 @@ def read_events(events_dir: Path, site: str):
 def export_toy_job(job_root: Path, **overrides) -> Path:
     spec = load_spec(SPEC)
     spec.update(overrides)
-    return export_job(job_root, **spec)
+    return export_job(job_root, spec)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_script_inside_the_package_runs_in_place(tmp_path):
     (pkg / "fl" / "site.py").write_text("print('site')\n")
     spec = load_spec(SPEC)
     spec.update(name="inpkg", package_dir=str(pkg), client_script=str(pkg / "fl" / "site.py"))
-    job = export_job(tmp_path / "jobs", **spec)
+    job = export_job(tmp_path / "jobs", spec)
     client = json.loads((job / "app/config/config_fed_client.json").read_text())
     assert client["executors"][0]["executor"]["args"]["task_script_path"] == "fedxmodal/fl/site.py"
     assert (job / "app/custom/fedxmodal/fl/site.py").is_file()
@@ -158,13 +158,13 @@ def test_committed_fedgin_job_is_in_sync(tmp_path):
     """jobs/fedgin/ is GENERATED from jobs/specs/fedgin.json and custom/fedxmodal (the one source).
     Git holds its meta.json and app/config/; app/custom/ is written by `make` (git-ignored), so the
     code exists once in the repository. If this fails:
-    python -m fedxmodal.fl.job jobs/specs/fedgin.json --export-dir jobs"""
-    fresh = export_job(tmp_path, **load_spec(FEDGIN_SPEC))
+    python -m fedxmodal.recipes.export jobs/specs/fedgin.json --export-dir jobs"""
+    fresh = export_job(tmp_path, load_spec(FEDGIN_SPEC))
     committed = REPO / "jobs" / "fedgin"
     diffs = [d for d in compare_job_dirs(fresh, committed) if "app/custom/" not in d]
     assert diffs == [], (
         "jobs/fedgin is out of date; regenerate with "
-        "`python -m fedxmodal.fl.job jobs/specs/fedgin.json --export-dir jobs`:\n" + "\n".join(diffs[:40])
+        "`python -m fedxmodal.recipes.export jobs/specs/fedgin.json --export-dir jobs`:\n" + "\n".join(diffs[:40])
     )
     assert (committed / "meta.json").is_file() and (committed / "app" / "config" / "config_fed_client.json").is_file()
     client = json.loads((committed / "app" / "config" / "config_fed_client.json").read_text())

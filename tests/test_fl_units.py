@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedxmodal.fl.client_loop import format_client_args, instantiate, parse_client_args
+from fedxmodal.fl.client_loop import format_client_args, parse_client_args
+from fedxmodal.utils import instantiate
 from fedxmodal.fl.site_config import (
     SiteNotConfiguredError,
     env_var_for_site,

@@ -1,7 +1,7 @@
 """POC federation with poc/fedxmodal_poc.py: up (named sites, data through each site's local
 configuration) -> submit FedGIN (2 sites, 2 rounds, tiny phantom) -> wait -> download -> down, on
 loopback; the server and sites run a Python without fedxmodal (the code travels with the job) and
-nothing is left running. Plus the fast pieces of fedxmodal.fl.deploy (project, site config, ports,
+nothing is left running. Plus the fast pieces of fedxmodal.deploy.federation (project, site config, ports,
 GPU resources)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy_helpers import FEDGIN_SPEC, POC_CLI, REPO, assert_nothing_left, listening_addresses
-from fedxmodal.fl import deploy
+from fedxmodal.deploy import federation as deploy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SITES = ("ct-site", "mr-site")

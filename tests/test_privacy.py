@@ -20,11 +20,13 @@ from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from fedxmodal.fl.guard import (REFUSED_HEADER, GuardedConvertToFedEvent, OutputGuard,
-                                RefusedResultLogger)
-from fedxmodal.fl.job import build_job, export_job, load_spec
-from fedxmodal.fl.privacy import (GaussianDPFilter, ModelDequantizer, ModelQuantizer, add_result_filters,
-                                  gaussian_dp_epsilon)
+from fedxmodal.fl.analytics import GuardedConvertToFedEvent
+from fedxmodal.fl.dp import GaussianDPFilter, gaussian_dp_epsilon
+from fedxmodal.fl.guard import OutputGuard
+from fedxmodal.fl.quantization import ModelDequantizer, ModelQuantizer
+from fedxmodal.fl.refusal import REFUSED_HEADER, RefusedResultLogger
+from fedxmodal.recipes.export import build_job, export_job, load_spec
+from fedxmodal.recipes.filters import add_result_filters
 
 REPO = Path(__file__).resolve().parents[1]
 FEDGIN_SPEC = REPO / "jobs" / "specs" / "fedgin.json"
@@ -289,10 +291,10 @@ def test_quantization_round_trip_keeps_integer_tensors(state, qtype, tol):
 def test_job_wires_filters_per_task_with_the_guard_last(tmp_path):
     spec = load_spec(TOY_SPEC)
     spec.update(name="privjob", params_transfer_type="DIFF", output_guard={"metrics": ["dice.*"]},
-                site_output_filters=[{"path": "fedxmodal.fl.privacy.GaussianDPFilter", "args": {"clip_norm": 0.5, "noise_multiplier": 0.1}},
-                                     {"path": "fedxmodal.fl.privacy.ModelQuantizer", "args": {"quantization_type": "float16"}}],
-                server_input_filters=[{"path": "fedxmodal.fl.privacy.ModelDequantizer", "args": {}}])
-    job = export_job(tmp_path, **spec)
+                site_output_filters=[{"path": "fedxmodal.fl.dp.GaussianDPFilter", "args": {"clip_norm": 0.5, "noise_multiplier": 0.1}},
+                                     {"path": "fedxmodal.fl.quantization.ModelQuantizer", "args": {"quantization_type": "float16"}}],
+                server_input_filters=[{"path": "fedxmodal.fl.quantization.ModelDequantizer", "args": {}}])
+    job = export_job(tmp_path, spec)
     client = json.loads((job / "app/config/config_fed_client.json").read_text())
     server = json.loads((job / "app/config/config_fed_server.json").read_text())
     chains = {tuple(c["tasks"]): [f["path"].rsplit(".", 1)[1] for f in c["filters"]] for c in client["task_result_filters"]}
@@ -305,25 +307,24 @@ def test_job_wires_filters_per_task_with_the_guard_last(tmp_path):
     assert guard["model"]["path"] == "toy_task.ToyNet" and guard["metrics"] == ["dice.*"]
     assert {tuple(c["tasks"]): [f["path"].rsplit(".", 1)[1] for f in c["filters"]] for c in server["task_result_filters"]} == \
         {(t,): ["ModelDequantizer", "RefusedResultLogger"] for t in ("train", "validate", "submit_model")}
-    assert client["components"][0]["path"] == "fedxmodal.fl.guard.GuardedConvertToFedEvent"
-    assert export_job(tmp_path / "again", **spec).joinpath("app/config/config_fed_client.json").read_text() == \
+    assert client["components"][0]["path"] == "fedxmodal.fl.analytics.GuardedConvertToFedEvent"
+    assert export_job(tmp_path / "again", spec).joinpath("app/config/config_fed_client.json").read_text() == \
         (job / "app/config/config_fed_client.json").read_text()  # per-task chains: deterministic
 
 
 def test_job_refuses_update_filters_on_full_weights_and_lossy_exports():
     spec = load_spec(TOY_SPEC)
-    name, script, model = spec.pop("name"), spec.pop("client_script"), spec.pop("model")
-    for path in ("fedxmodal.fl.privacy.GaussianDPFilter", "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy"):
+    for path in ("fedxmodal.fl.dp.GaussianDPFilter", "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy"):
         with pytest.raises(ValueError, match="params_transfer_type='DIFF'"):
-            build_job(name, script, model, **spec, site_output_filters=[{"path": path, "args": {}}])
+            build_job({**spec, "site_output_filters": [{"path": path, "args": {}}]})
     with pytest.raises(ValueError, match="give a list of names"):
-        build_job(name, script, model, **{**spec, "params_transfer_type": "DIFF"},
-                  site_output_filters=[{"path": "nvflare.app_common.filters.exclude_vars.ExcludeVars",
-                                        "args": {"exclude_vars": "conv.*"}}])
+        build_job({**spec, "params_transfer_type": "DIFF",
+                   "site_output_filters": [{"path": "nvflare.app_common.filters.exclude_vars.ExcludeVars",
+                                            "args": {"exclude_vars": "conv.*"}}]})
 
 
 def test_local_model_refuser_refuses_only_full_weights(state):
-    from fedxmodal.fl.privacy import LocalModelRefuser
+    from fedxmodal.fl.refusal import LocalModelRefuser
 
     r = LocalModelRefuser()
     assert "bypass" in refused(r.process(result(dict(state), DataKind.WEIGHTS), ctx("submit_model")))
@@ -388,7 +389,7 @@ def test_simulator_guard_refuses_a_site_sending_an_image(tmp_path):
     spec = load_spec(TOY_SPEC)
     spec.update(client_script=str(script), extra_files=spec["extra_files"] + [str(REPO / "tests/fl_toy/toy_client.py")],
                 num_rounds=2, output_guard={"metrics": ["dice", "dice_[0-9]+"]}, ignore_result_error=True)
-    job = export_job(tmp_path / "jobs", **spec)
+    job = export_job(tmp_path / "jobs", spec)
     for site, (modality, n) in SITES.items():
         (tmp_path / "data" / site).mkdir(parents=True)
         (tmp_path / "data" / site / "dataset.json").write_text(

@@ -15,7 +15,7 @@ import yaml
 
 from deploy_helpers import (PROJECT_YML, assert_nothing_left, export_toy_job, job_process_env, listening_addresses,
                             make_toy_sites, read_events, round_numbers, site_python, wait_for)  # noqa: F401
-from fedxmodal.fl import deploy
+from fedxmodal.deploy import federation as deploy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SITES = ("ct-site", "mr-site")

@@ -56,7 +56,7 @@ def cmd_convert(args) -> int:
 
 
 def _train_config(args):
-    from .engine.trainer import TrainConfig
+    from .engine.supervised import TrainConfig
 
     return TrainConfig(method=args.method, method_args=json.loads(args.method_args), batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed)
@@ -64,7 +64,7 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from .data.preprocess import PreprocessConfig
-    from .engine.regimes import train_regime
+    from .apps.regimes import train_regime
 
     res = train_regime(args.regime, args.sites, _structures(args), args.out, epochs=args.epochs,
                        eval_sites=args.eval_sites, train=_train_config(args),
@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data.slices import SiteSlices
-    from .fl.models import load_model
+    from .apps.models import load_model
     from .metrics.report import cross_modality_matrix, write_evaluation
 
     out = Path(args.out)

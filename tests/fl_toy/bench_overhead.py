@@ -52,7 +52,7 @@ def main():
     p.add_argument("--python", default=sys.executable)
     a = p.parse_args()
     sys.path.insert(0, str(REPO / "custom"))
-    from fedxmodal.fl.job import export_job, load_spec
+    from fedxmodal.recipes.export import export_job, load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -68,7 +68,7 @@ def main():
             spec.update(name=f"bench{rounds}", num_rounds=rounds, cross_site_eval=False)
             spec["task_request_interval"] = interval
             spec["client_poll_interval"] = poll or None
-            job = export_job(tmp / "jobs", **spec)
+            job = export_job(tmp / "jobs", spec)
             ws = tmp / f"ws_{rounds}_{interval}_{poll}"
             env["FEDXMODAL_CHECKPOINT_DIR"] = str(tmp / f"ckpt_{rounds}_{interval}_{poll}")
             cmd = [a.python, "-m", "nvflare.cli", "simulator", str(job), "-w", str(ws), "-n", "2", "-t", "2",

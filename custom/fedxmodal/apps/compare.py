@@ -8,8 +8,8 @@ local/centralized cells evaluate here; a federated cell reports what the sites m
 final global model in NVFlare's cross-site evaluation (aggregate metrics only, as in a real
 federation; FedBN sites use their own BatchNorm there).
 
-Cells that a method cannot have are marked n/a instead of run: FedDG amplitude exchange and DSBN
-need at least two domains, so they have no local cell.
+Cells that a method cannot have (not in its ``regimes``) are marked n/a instead of run: FedDG
+amplitude exchange and DSBN need at least two domains, so they have no local cell.
 
 Every finished cell is a JSON file under ``<out>/results/``; a rerun skips them (resume), and
 refuses to mix cells of a different grid (budget, seed, task, sites) into the same folder.
@@ -18,6 +18,7 @@ refuses to mix cells of a different grid (budget, seed, task, sites) into the sa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,18 +29,14 @@ import time
 from pathlib import Path
 
 from ..data.contract import TASK_STRUCTURES
-from ..engine.methods import METHODS
-from ..engine.trainer import TrainConfig
-from ..fl.job import export_job, load_spec
+from ..deploy.simulator import run_simulator
+from ..engine.supervised import TrainConfig
+from ..methods import METHODS, method_class
 from ..metrics.report import _fmt
-from ..networks.unet import UNetConfig
-from .demo import REPO, run_simulator
-
-METHOD_ORDER = ("none", "randconv", "feddg_amp", "freq_hp", "dsbn", "dualnorm", "gin", "gin_ipa")
-METHOD_LABELS = {"none": "none (spatial only)", "randconv": "RandConv", "feddg_amp": "FedDG amplitude",
-                 "freq_hp": "Butterworth high-pass", "dsbn": "DSBN / FedBN", "dualnorm": "Dual-Norm",
-                 "gin": "GIN", "gin_ipa": "GIN + IPA"}
-NEEDS_DOMAINS = ("feddg_amp", "dsbn")  # no local cell
+from ..networks.unet import config_from_job_model
+from ..recipes.export import export_job
+from ..recipes.spec import load_spec
+from .demo import REPO
 # Per cell: local/centralized train `rounds * local_epochs` epochs, federated `rounds` x `local_epochs`.
 BUDGETS = {"default": {"rounds": 12, "local_epochs": 1},
            "quick": {"rounds": 2, "local_epochs": 1}}
@@ -60,7 +57,11 @@ def grid_cells(methods, sites) -> list[tuple[str, str]]:
 
 
 def applicable(method: str, regime: str) -> bool:
-    return not (regime.startswith("local:") and method in NEEDS_DOMAINS)
+    return regime.split(":", 1)[0] in method_class(method).regimes
+
+
+def method_label(method: str) -> str:
+    return METHODS[method].label if method in METHODS else method
 
 
 def cell_name(method: str, regime: str) -> str:
@@ -69,12 +70,12 @@ def cell_name(method: str, regime: str) -> str:
 
 def federated_spec(base: dict, method: str, *, sites, structures, rounds: int, local_epochs: int, seed: int,
                    method_args: dict | None = None) -> dict:
-    """The NVFlare job of one method: the FedGIN job with the method, its network and what the
-    method adds on the server (FedDG's amplitude exchange, FedBN's aggregator)."""
+    """The NVFlare job of one method: the FedGIN job with the method and its network (the recipe
+    adds what the method adds on the server and declares to the output guard)."""
     spec = copy.deepcopy(base)
     for key in ("site_output_filters", "server_input_filters"):  # privacy filters are not part of the grid
         spec.pop(key, None)
-    method_cls = METHODS[method]
+    method_cls = method_class(method)
     spec["name"] = f"compare_{method}"
     spec["num_rounds"] = rounds
     spec["min_clients"] = len(sites)
@@ -83,20 +84,6 @@ def federated_spec(base: dict, method: str, *, sites, structures, rounds: int, l
     ca = spec["client_args"]
     ca.update(method=method, local_epochs=local_epochs, seed=seed, structures=list(structures))
     ca["train"] = {**ca.get("train", {}), "method_args": dict(method_args or {})}
-    declared = method_cls.guard_declarations(int(ca.get("preprocess", {}).get("size", 128)), method_args)
-    if declared and spec.get("output_guard"):  # declare what the method's sites share
-        guard = dict(spec["output_guard"]) if isinstance(spec["output_guard"], dict) else {}
-        guard["extra_tasks"] = {**guard.get("extra_tasks", {}), **declared.get("extra_tasks", {})}
-        if declared.get("metrics"):
-            from ..fl.guard import DEFAULT_METRIC_PATTERNS
-
-            guard["metrics"] = [*guard.get("metrics", DEFAULT_METRIC_PATTERNS), *declared["metrics"]]
-        spec["output_guard"] = guard
-    for key, value in copy.deepcopy(method_cls.federated_job).items():
-        if key == "pre_workflows":
-            for wf in value:
-                wf["args"].setdefault("min_sites", len(sites))
-        spec[key] = value
     return spec
 
 
@@ -112,7 +99,7 @@ class CompareGrid:
         self.data, self.out, self.task, self.quick, self.seed, self.device = data, out, task, quick, seed, device
         self.structures = TASK_STRUCTURES[task]
         self.budget = BUDGETS["quick" if quick else "default"]
-        self.methods = tuple(methods or METHOD_ORDER)
+        self.methods = tuple(methods or METHODS)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -144,10 +131,9 @@ class CompareGrid:
         train = dict(self.config["train"])
         return TrainConfig.from_dict({**train, "method": method, "method_args": {}, "seed": self.seed})
 
-    def _network(self, method, regime, n_domains) -> UNetConfig:
-        net = {k: v for k, v in self.config["model"].items() if k != "n_structures"}
-        net.update(METHODS[method].network_overrides(regime, n_domains))
-        return UNetConfig.from_dict(net)
+    def _network(self, method, regime, n_domains):
+        return dataclasses.replace(config_from_job_model({"args": self.config["model"]}),
+                                   **method_class(method).network_overrides(regime, n_domains))
 
     def run_local_or_centralized(self, method, regime, cell_dir: Path) -> dict:
         from ..data.preprocess import PreprocessConfig
@@ -169,13 +155,13 @@ class CompareGrid:
         spec = federated_spec(self.base_spec, method, sites=self.sites, structures=self.structures,
                               rounds=self.budget["rounds"], local_epochs=self.budget["local_epochs"], seed=self.seed)
         spec["client_args"]["train"].update(self.config["train"])
-        job = export_job(cell_dir / "job", **spec)
+        job = export_job(cell_dir / "job", spec)
         workspace = cell_dir / "workspace"
         shutil.rmtree(workspace, ignore_errors=True)
         # The checkpoint folder outlives the run: an interrupted federated cell resumes its rounds.
         env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(self.data), "PYTHONUNBUFFERED": "1",
                "FEDXMODAL_CHECKPOINT_DIR": str(cell_dir / "checkpoints")}
-        run_simulator(job, workspace, env, cell_dir / "simulator.log", spec["num_rounds"], sites=self.sites,
+        run_simulator(job, workspace, env, cell_dir / "simulator.log", spec["num_rounds"], self.sites,
                       echo=False, indent="    ")
         run_dir = workspace / "server" / "simulate_job"
         cse_path = run_dir / "cross_site_val" / "cross_val_results.json"
@@ -280,7 +266,7 @@ def render_table(cells, methods, sites, modality, structures) -> str:
     head = "| method | regime | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols) + "\n"
     rows = []
     for m, r in grid_cells(methods, sites):
-        name = f"| {METHOD_LABELS.get(m, m)} | {regime_label(r, modality)} | "
+        name = f"| {method_label(m)} | {regime_label(r, modality)} | "
         if not applicable(m, r):
             rows.append(name + " | ".join(["n/a"] * len(cols)) + " |\n")
             continue
@@ -311,7 +297,7 @@ def render_ratios(ratios, sites, modality) -> str:
              "| method | " + " | ".join(modality[s] for s in sites) + " |",
              "|---|" + "---|" * len(sites)]
     for m, r in ratios.items():
-        lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(_fmt(r[s]) for s in sites) + " |")
+        lines.append(f"| {method_label(m)} | " + " | ".join(_fmt(r[s]) for s in sites) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -330,7 +316,7 @@ def plot_grid(cells, methods, sites, modality, path: Path, title: str) -> None:
         for j, r in enumerate(regimes):
             vals = [cells[(m, r)]["per_site"][site]["mean_dice"] if (m, r) in cells else np.nan for m in methods]
             ax.bar(x + (j - (len(regimes) - 1) / 2) * width, vals, width, label=regime_label(r, modality))
-        ax.set_xticks(x, [METHOD_LABELS.get(m, m) for m in methods], rotation=35, ha="right", fontsize=8)
+        ax.set_xticks(x, [method_label(m) for m in methods], rotation=35, ha="right", fontsize=8)
         ax.set_title(f"test on {site} ({modality[site]})")
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)

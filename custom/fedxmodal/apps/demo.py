@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,41 +14,16 @@ from pathlib import Path
 from ..data.check import check_site
 from ..data.phantom import write_phantom_federation
 from ..data.slices import SiteSlices
-from ..fl.job import export_job, load_spec
-from ..fl.models import engine_from_fl_model
+from ..deploy.simulator import run_simulator
+from ..recipes.export import export_job
+from ..recipes.spec import load_spec
+from .models import trainer_from_fl_model
 from ..metrics.report import dice_table, write_evaluation
 from .curves import plot_learning_curves, read_tb_scalars
 
 REPO = Path(__file__).resolve().parents[3]
 SITES = ("ct-site", "mr-site")
 QUICK = {"num_rounds": 2, "local_epochs": 3, "n_train": 2, "n_val": 1, "n_test": 1}
-
-
-def run_simulator(job_dir: Path, workspace: Path, env: dict, log_path: Path, n_rounds: int,
-                  timeout: float | None = None, sites=SITES, echo: bool = True, indent: str = "  ") -> float:
-    """Run the real ``nvflare simulator`` (one thread per site) and show round progress."""
-    nvflare = Path(sys.executable).with_name("nvflare")
-    cmd = [str(nvflare) if nvflare.exists() else "nvflare", "simulator", str(job_dir), "-w", str(workspace),
-           "-n", str(len(sites)), "-t", str(len(sites)), "-c", ",".join(sites)]
-    if echo:
-        print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    round_re = re.compile(r"Round (\d+) started")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            m = round_re.search(line)
-            if m:
-                print(f"{indent}round {int(m.group(1)) + 1}/{n_rounds} started ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
-            elif "cross site validation" in line.lower() and "start" in line.lower():
-                print(f"{indent}cross-site evaluation", flush=True)
-        rc = proc.wait(timeout=timeout)
-    if rc != 0:
-        tail = "".join(open(log_path).readlines()[-30:])
-        raise RuntimeError(f"nvflare simulator failed (exit {rc}); log: {log_path}\n{tail}")
-    return time.perf_counter() - t0
 
 
 def run_demo(args) -> int:
@@ -85,13 +58,13 @@ def run_demo(args) -> int:
 
     print(f"[2/4] FedGIN: {spec['num_rounds']} rounds x {spec['client_args']['local_epochs']} local epoch(s), "
           "nvflare simulator, sites " + ", ".join(SITES), flush=True)
-    job = export_job(work / "jobs", **spec)
+    job = export_job(work / "jobs", spec)
     workspace, ckpt = work / "workspace", work / "checkpoints"
     shutil.rmtree(workspace, ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)  # a demo starts fresh; resume is for interrupted jobs
     env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(ckpt),
            "PYTHONUNBUFFERED": "1"}
-    wall = run_simulator(job, workspace, env, results / "simulator.log", spec["num_rounds"])
+    wall = run_simulator(job, workspace, env, results / "simulator.log", spec["num_rounds"], sites=SITES)
     run_dir = workspace / "server" / "simulate_job"
 
     print("[3/4] evaluating the final and best global models on both sites' test volumes", flush=True)
@@ -100,7 +73,7 @@ def run_demo(args) -> int:
                "seed": args.seed, "simulator_seconds": wall, "models": {}}
     rows = []
     for tag, fname in (("final", "FL_global_model.pt"), ("best", "best_FL_global_model.pt")):
-        engine = engine_from_fl_model(run_dir / "app_server" / fname, job)
+        engine = trainer_from_fl_model(run_dir / "app_server" / fname, job)
         evals = [engine.evaluate(s, "test") for s in sites]
         write_evaluation(evals, results / f"fedgin_{tag}", title=f"FedGIN {tag} global model")
         summary["models"][tag] = {e["site"]: e["summary"] for e in evals}

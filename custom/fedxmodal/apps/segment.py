@@ -9,7 +9,7 @@ import numpy as np
 from ..data.contract import Case
 from ..data.io import is_dicom_series, load_volume, save_nifti
 from ..data.preprocess import VolumePreprocessor
-from ..fl.models import load_model
+from .models import load_model
 
 
 def guess_modality(image_path) -> tuple[str, str]:

@@ -1,10 +1,12 @@
-"""NVFlare side of fedxmodal (NVFlare 2.9).
+"""The NVFlare runtime of fedxmodal (NVFlare 2.9), generic across methods; it ships with every job.
 
-* :mod:`fedxmodal.fl.site_config` -- where a site finds its data (site-local config, never the job).
-* :mod:`fedxmodal.fl.client_loop` -- the generic Client API loop a method's site script runs.
-* :mod:`fedxmodal.fl.server` -- resumable FedAvg / persistor / best-model selector.
-* :mod:`fedxmodal.fl.job` -- builds and exports job folders (``python -m fedxmodal.fl.job``).
+* :mod:`.site_config` -- where a site finds its data (site-local config, never the job).
+* :mod:`.client_loop` -- the Client API loop a site script runs; :mod:`.segmentation_site` -- the
+  site script of the supervised methods (a method's own pieces come from ``fedxmodal.methods``).
+* :mod:`.server` -- resumable FedAvg / persistor / best-model selector; :mod:`.faults` -- site loss.
+* What leaves a site: :mod:`.guard` (output guard), :mod:`.analytics` (guarded TensorBoard stream),
+  :mod:`.dp` (Gaussian DP on updates), :mod:`.quantization`, :mod:`.refusal` (refused results).
 
-Nothing is imported here, so importing a sub-module stays cheap (NVFlare is imported lazily
-where possible). See docs/nvflare-notes.md.
+It imports nothing host-side (job building: ``fedxmodal.recipes``; POC: ``fedxmodal.deploy``).
+Nothing is imported here, so importing a sub-module stays cheap. See docs/nvflare-notes.md.
 """

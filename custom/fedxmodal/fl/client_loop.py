@@ -33,7 +33,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
-from fedxmodal.engine.trainer import seed_everything  # the one seeding function (re-exported)
+from fedxmodal.engine.base import seed_everything  # the one seeding function (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ __all__ = [
     "SiteContext",
     "format_client_args",
     "init_site",
-    "instantiate",
     "parse_client_args",
     "run_client",
     "seed_everything",
@@ -112,16 +111,6 @@ def parse_client_args(argv: Optional[Sequence[str]] = None, defaults: Optional[M
         out[key] = _decode_value(text)
         i += 1
     return out
-
-
-def instantiate(spec: Mapping[str, Any]):
-    """Build an object from ``{"path": "package.module.Class", "args": {...}}`` (as NVFlare does)."""
-    import importlib
-
-    path = spec["path"]
-    module_name, _, class_name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**dict(spec.get("args") or {}))
 
 
 # --------------------------------------------------------------------------------------------

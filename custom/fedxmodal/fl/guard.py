@@ -21,7 +21,8 @@ It lets a result through only if it is what the job declares:
 Anything else is refused: the reason is logged at the site (ERROR), the result is replaced by an
 empty error reply (``ReturnCode.EXECUTION_RESULT_ERROR``) that carries only the reason in the
 header ``fedxmodal_output_refused`` (names, shapes and dtypes -- never values), so nothing of
-the refused payload leaves the site. On the server, :class:`RefusedResultLogger` logs that
+the refused payload leaves the site (:mod:`fedxmodal.fl.refusal`). On the server,
+:class:`~fedxmodal.fl.refusal.RefusedResultLogger` logs that
 reason; FedAvg never aggregates an error result (with NVFlare's default policy the round goes on
 without the site if enough sites remain, else the job stops; ``ignore_result_error=True`` always
 goes on), cross-site evaluation ignores it.
@@ -31,13 +32,13 @@ wildcard there: such a chain is silently never applied). The job lists the tasks
 guard also listens to ``AFTER_TASK_RESULT_FILTER`` and checks the result of any task that no
 chain covered, so a task the job builder did not foresee cannot bypass it.
 
-:class:`GuardedConvertToFedEvent` replaces NVFlare's ``ConvertToFedEvent`` at the sites: the
+:class:`fedxmodal.fl.analytics.GuardedConvertToFedEvent` replaces NVFlare's ``ConvertToFedEvent`` at the sites: the
 TensorBoard stream (``analytix_log_stats`` events) is the other channel from a site to the
 server; only scalar records with short plain tags are forwarded.
 
 The guard checks STRUCTURE, not information content: a malicious site script can still encode
 data in the values of the weights or metrics it is allowed to send (that is what differential
-privacy, ``fedxmodal.fl.privacy``, bounds), and code running at a site can open its own network
+privacy, ``fedxmodal.fl.dp``, bounds), and code running at a site can open its own network
 connections (process isolation is the deployment's job). It stops the realistic failures: a
 method or a bug that sends images, labels, per-case values or extra tensors.
 """
@@ -48,7 +49,7 @@ import copy
 import numbers
 import re
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,22 +59,20 @@ from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
-from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+
+from fedxmodal.fl.refusal import REFUSED_HEADER, refuse
+from fedxmodal.utils import instantiate
 
 __all__ = [
     "DEFAULT_METRIC_PATTERNS",
     "DEFAULT_TASKS",
-    "REFUSED_HEADER",
-    "GuardedConvertToFedEvent",
     "OutputGuard",
     "OutputRefused",
-    "RefusedResultLogger",
     "describe_value",
     "payload_bytes",
 ]
 
 DEFAULT_TASKS = ("train", "validate", "submit_model")  # what fedxmodal jobs send to the sites
-REFUSED_HEADER = "fedxmodal_output_refused"
 DEFAULT_METRIC_PATTERNS = (r"[A-Za-z_][A-Za-z0-9_.\-/]{0,63}",)  # any plain name; jobs narrow it
 _MODEL_TASKS = ("train", "submit_model")
 
@@ -168,7 +167,7 @@ def payload_bytes(obj) -> int:
     return 0
 
 
-def _is_scalar(v) -> bool:
+def is_scalar(v) -> bool:
     if isinstance(v, bool):
         return True
     if isinstance(v, numbers.Number) and not isinstance(v, complex):
@@ -182,7 +181,7 @@ def _is_scalar(v) -> bool:
 
 def _small_plain(v, depth: int = 0) -> bool:
     """Scalars, short strings, None, and small dicts/lists of them (bookkeeping meta)."""
-    if v is None or _is_scalar(v):
+    if v is None or is_scalar(v):
         return True
     if isinstance(v, str):
         return len(v) <= 256
@@ -244,8 +243,6 @@ class OutputGuard(Filter):
         if self._shapes is None:
             shapes: Dict[str, Tuple[int, ...]] = {}
             if self.model is not None:
-                from fedxmodal.fl.client_loop import instantiate
-
                 net = instantiate(self.model) if isinstance(self.model, Mapping) else self.model
                 shapes.update({k: tuple(int(d) for d in v.shape) for k, v in net.state_dict().items()})
             for k, v in (self.expected_shapes or {}).items():
@@ -262,7 +259,7 @@ class OutputGuard(Filter):
         for k, v in metrics.items():
             if not isinstance(k, str) or not any(r.fullmatch(k) for r in self._metric_res):
                 raise OutputRefused(f"{where}: metric name {str(k)[:80]!r} is not declared")
-            if not _is_scalar(v):
+            if not is_scalar(v):
                 raise OutputRefused(f"{where}: metric {k!r} is not a scalar ({describe_value(v)})")
 
     def _check_tensors(self, params, declared: Mapping[str, Sequence[Optional[int]]], where: str) -> None:
@@ -294,7 +291,7 @@ class OutputGuard(Filter):
                 raise OutputRefused(f"{where}: unexpected quantization state for {k!r}")
         if set(source) != set(params) or not all(isinstance(v, str) and len(v) <= 16 for v in source.values()):
             raise OutputRefused(f"{where}: quantization source types do not match the payload")
-        from fedxmodal.fl.privacy import ModelDequantizer
+        from fedxmodal.fl.quantization import ModelDequantizer
 
         try:
             decoded = ModelDequantizer().dequantize_params(copy.deepcopy(dict(params)), copy.deepcopy(dict(state)),
@@ -313,7 +310,7 @@ class OutputGuard(Filter):
             if k == MetaKey.INITIAL_METRICS:
                 self._check_metrics(v, f"{where} validation metrics")
             elif k == MetaKey.NUM_STEPS_CURRENT_ROUND:
-                if not _is_scalar(v):
+                if not is_scalar(v):
                     raise OutputRefused(f"{where}: {k} is not a number ({describe_value(v)})")
             elif k in _QUANT_META:
                 if not quantized:
@@ -338,7 +335,7 @@ class OutputGuard(Filter):
         for k, v in (result.get(ReservedHeaderKey.HEADERS) or {}).items():
             if k not in _ALLOWED_HEADERS and k != REFUSED_HEADER:
                 raise OutputRefused(f"{where}: undeclared header {str(k)[:80]!r} ({describe_value(v)})")
-            if not (v is None or _is_scalar(v) or (isinstance(v, str) and len(v) <= 256)):
+            if not (v is None or is_scalar(v) or (isinstance(v, str) and len(v) <= 256)):
                 raise OutputRefused(f"{where}: header {k!r} is not a scalar ({describe_value(v)})")
         try:
             dxo = from_shareable(result)
@@ -388,9 +385,7 @@ class OutputGuard(Filter):
             reason = str(e)
             self.log_error(fl_ctx, f"OUTPUT GUARD REFUSED the {task} result of {site}: {reason}. "
                                    "Nothing of it leaves the site.")
-            reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
-            reply.set_header(REFUSED_HEADER, reason[:1000])
-            return reply
+            return refuse(reason)
         self.log_info(fl_ctx, f"output guard: {task} result of {site} accepted: {stats['kind']}, "
                               f"{stats['tensors']} tensors, {stats['metrics']} metrics, "
                               f"payload_bytes={stats['bytes']}")
@@ -419,64 +414,3 @@ class OutputGuard(Filter):
                 result.clear()
                 result.update(out)
             _mark_checked(result)
-
-
-# ----------------------------------------------------------------------------------- server side
-class RefusedResultLogger(Filter):
-    """Server task-result filter: logs (ERROR) every result a site's output guard refused, with
-    the site's reason; the result itself is an error reply that FedAvg never aggregates."""
-
-    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        reason = shareable.get_header(REFUSED_HEADER) if isinstance(shareable, Shareable) else None
-        if reason:
-            peer = fl_ctx.get_peer_context()
-            site = peer.get_identity_name() if peer else "?"
-            task = fl_ctx.get_prop(FLContextKey.TASK_NAME) or shareable.get_header(ReservedKey.TASK_NAME) or "?"
-            self.log_error(fl_ctx, f"result of task {task} from {site} REFUSED by the site's output guard "
-                                   f"(rc={shareable.get_return_code()}): {reason}; not used")
-        return shareable
-
-
-# ----------------------------------------------------------------------------------- analytics
-class GuardedConvertToFedEvent(ConvertToFedEvent):
-    """NVFlare's ``ConvertToFedEvent`` that forwards only scalar analytics (TensorBoard scalars,
-    metrics) with plain tags to the server; anything else (images, text, arrays) is dropped at
-    the site with a logged reason."""
-
-    ALLOWED_TYPES = ("SCALAR", "SCALARS", "METRIC", "METRICS")
-    _TAG = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
-
-    def __init__(self, events_to_convert: List[str], fed_event_prefix: str = "fed."):
-        super().__init__(events_to_convert=events_to_convert, fed_event_prefix=fed_event_prefix)
-
-    def _reason(self, data) -> Optional[str]:
-        try:
-            dxo = from_shareable(data)
-        except Exception:
-            return "not a DXO"
-        dtype = dxo.get_meta_prop("analytics_data_type")
-        dtype = getattr(dtype, "value", dtype)
-        if str(dtype) not in self.ALLOWED_TYPES:
-            return f"data type {dtype}"
-        d = dxo.data or {}
-        tag, value = d.get("track_key"), d.get("track_value")
-        if not isinstance(tag, str) or not self._TAG.fullmatch(tag):
-            return "tag is not a plain name"
-        values = value.values() if isinstance(value, Mapping) else [value]
-        if isinstance(value, Mapping) and (len(value) > 64 or not all(
-                isinstance(k, str) and self._TAG.fullmatch(k) for k in value)):
-            return "non-plain scalar names"
-        if not all(_is_scalar(v) for v in values):
-            return f"value is not a scalar ({describe_value(value)})"
-        return None
-
-    def handle_event(self, event_type: str, fl_ctx: FLContext):
-        if event_type in self.events_to_convert:
-            data = fl_ctx.get_prop(FLContextKey.EVENT_DATA, None)
-            if isinstance(data, Shareable) and fl_ctx.get_prop(FLContextKey.EVENT_SCOPE) != "federation":
-                reason = self._reason(data)
-                if reason:
-                    self.log_error(fl_ctx, f"OUTPUT GUARD: analytics record not forwarded to the server: {reason}")
-                    return
-        super().handle_event(event_type, fl_ctx)
-

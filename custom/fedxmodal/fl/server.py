@@ -36,7 +36,6 @@ The state the three share travels in the FLContext property :data:`RESUME_STATE_
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -55,6 +54,8 @@ from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.workflows.fedavg import FedAvg
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
+from fedxmodal.utils import write_json_atomic
+
 RESUME_STATE_PROP = "fedxmodal.resume_state"
 STATE_KEY = "fedxmodal_state"  # key of the state inside the saved checkpoint dict
 STATE_FILENAME = "fedxmodal_state.json"  # human-readable copy next to the checkpoint
@@ -72,13 +73,6 @@ __all__ = [
 def _atomic_copy(src: str, dst: str) -> None:
     tmp = f"{dst}.{uuid.uuid4().hex}.tmp"
     shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _atomic_write_json(obj, dst: str) -> None:
-    tmp = f"{dst}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
     os.replace(tmp, dst)
 
 
@@ -221,7 +215,7 @@ class ResumablePTFileModelPersistor(PTFileModelPersistor):
         super().save_model(ml, fl_ctx)
         if self._ckpt_dir and rnd is not None:
             _atomic_copy(self._ckpt_save_path, os.path.join(self._ckpt_dir, self.global_model_file_name))
-            _atomic_write_json(state, os.path.join(self._ckpt_dir, STATE_FILENAME))
+            write_json_atomic(os.path.join(self._ckpt_dir, STATE_FILENAME), state, sort_keys=True)
 
 
 class ResumableIntimeModelSelector(IntimeModelSelector):
@@ -284,7 +278,7 @@ class ResumableFedAvg(FedAvg):
             persistor_id: id of the (Resumable)PTFileModelPersistor component.
             task_check_period: how often the controller checks its tasks (s); lower = less latency.
             exclude_vars, aggregation_weights, ignore_result_error: as FedAvg.
-            aggregator: a ModelAggregator (e.g. fedxmodal.fl.aggregators.FedBNAggregator) instead of
+            aggregator: a ModelAggregator (e.g. fedxmodal.methods.dsbn.aggregator.FedBNAggregator) instead of
                 the built-in weighted average. An aggregate that covers only some tensors updates
                 only those; the global model keeps the rest (FedBN's site-local BatchNorm).
         """

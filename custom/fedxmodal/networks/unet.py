@@ -66,3 +66,18 @@ class SegmentationUNet(UNet):
         self.num_res_units = num_res_units
         self.norm = norm
         self.dropout = dropout
+
+
+# The job's model spec {"path", "args"}: the server builds the initial global model from it (the
+# SegmentationUNet arguments) and the sites receive the same dict; this is the one translation to a
+# UNetConfig.
+_JOB_ONLY_ARGS = ("n_structures", "init_seed")
+
+
+def config_from_job_model(model_spec: dict, n_structures: int | None = None) -> UNetConfig:
+    """The :class:`UNetConfig` of a job's model spec; checks its output count against ``n_structures``."""
+    args = dict((model_spec or {}).get("args") or {})
+    declared = args.get("n_structures", n_structures)
+    if n_structures is not None and declared != n_structures:
+        raise ValueError(f"job model has {declared} outputs for {n_structures} structures")
+    return UNetConfig.from_dict({k: v for k, v in args.items() if k not in _JOB_ONLY_ARGS})

@@ -1,7 +1,9 @@
-"""Global models persisted by the NVFlare server, made usable by ``evaluate`` and ``segment``.
+"""Models for ``evaluate``, ``segment`` and ``demo``: a trainer's checkpoint, or a global model
+persisted by the NVFlare server made usable with its job folder.
 
 The server's ``FL_global_model.pt`` / ``best_FL_global_model.pt`` hold ``{"model": state_dict,
-...}``; what the weights mean (structures, network, preprocessing) is in the job's site arguments.
+...}``; what the weights mean (structures, network, preprocessing, method) is in the job's site
+arguments.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 import torch
 
 from ..data.preprocess import PreprocessConfig
-from ..engine.trainer import SegmentationEngine, TrainConfig
-from ..networks.unet import UNetConfig
-from .client_loop import parse_client_args
+from ..engine.supervised import TrainConfig
+from ..fl.client_loop import parse_client_args
+from ..methods import build_trainer, load_trainer
+from ..networks.unet import config_from_job_model
 
 
 def job_site_args(job_dir) -> dict:
@@ -30,23 +33,22 @@ def job_site_args(job_dir) -> dict:
     raise ValueError(f"{cfg_path}: no task_script_args (is this a fedxmodal job?)")
 
 
-def engine_from_fl_model(model_path, job_dir, device: str = "auto") -> SegmentationEngine:
-    """A ``SegmentationEngine`` holding the weights of a server-persisted global model."""
+def trainer_from_fl_model(model_path, job_dir, device: str = "auto"):
+    """A trainer holding the weights of a server-persisted global model."""
     args = job_site_args(job_dir)
-    net = {k: v for k, v in args["model"]["args"].items() if k not in ("n_structures", "init_seed")}
-    engine = SegmentationEngine(args["structures"], UNetConfig.from_dict(net),
-                                TrainConfig.from_dict({**args.get("train", {}), "method": args.get("method", "gin")}),
-                                PreprocessConfig.from_dict(args.get("preprocess")), device=device)
+    trainer = build_trainer(args["structures"], config_from_job_model(args["model"]),
+                            TrainConfig.from_dict({**args.get("train", {}), "method": args.get("method", "")}),
+                            PreprocessConfig.from_dict(args.get("preprocess")), device=device)
     ckpt = torch.load(Path(model_path), map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{model_path}: not an NVFlare PyTorch model file (no 'model' entry)")
-    engine.set_weights(ckpt["model"])
-    engine.meta = {"source": str(model_path), "job": str(job_dir), **ckpt.get("fedxmodal_state", {})}
-    return engine
+    trainer.set_weights(ckpt["model"])
+    trainer.meta = {"source": str(model_path), "job": str(job_dir), **ckpt.get("fedxmodal_state", {})}
+    return trainer
 
 
-def load_model(model_path, job_dir=None, device: str = "auto") -> SegmentationEngine:
+def load_model(model_path, job_dir=None, device: str = "auto"):
     """A fedxmodal checkpoint, or (with ``job_dir``) a server-persisted NVFlare global model."""
     if job_dir is not None:
-        return engine_from_fl_model(model_path, job_dir, device=device)
-    return SegmentationEngine.from_checkpoint(model_path, device=device)
+        return trainer_from_fl_model(model_path, job_dir, device=device)
+    return load_trainer(model_path, device=device)

@@ -5,7 +5,7 @@ Runs once, before FedAvg (it is the job's first workflow):
 1. ``SHARE_TASK`` to every site: each returns ``{"amplitudes": (K, 1, s, s)}``, the centred
    low-frequency squares of |FFT| of K of its training slices (s = 2 * floor(ratio * 128) + 1, 25
    for the default ratio 0.1 at 128^2) -- see
-   :meth:`fedxmodal.engine.methods.FedDGAmplitudeMethod.share_amplitudes`.
+   :meth:`fedxmodal.methods.feddg.FedDGAmplitudeMethod.share_amplitudes`.
 2. ``RECEIVE_TASK`` to each site with the squares of all OTHER sites (under ``BANK_KEY``), which become its amplitude
    bank for frequency-space interpolation during local training.
 
@@ -22,17 +22,11 @@ import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
-SHARE_TASK = "share_amplitudes"
-RECEIVE_TASK = "receive_amplitudes"
-# The bank travels under its own key: the Client API's tensor conversion remembers the shapes of
-# the keys a site sent, so reusing "amplitudes" for a bank of another size would break it.
-BANK_KEY = "amplitude_bank"
+from fedxmodal.utils import as_numpy
 
-__all__ = ["AmplitudeExchange", "RECEIVE_TASK", "SHARE_TASK"]
+from . import AMPLITUDES_KEY, BANK_KEY, BANK_SIZE_METRIC, RECEIVE_TASK, SHARE_TASK
 
-
-def _as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+__all__ = ["AmplitudeExchange"]
 
 
 class AmplitudeExchange(ModelController):
@@ -59,11 +53,11 @@ class AmplitudeExchange(ModelController):
         shared = {}
         for r in results:
             name = r.meta.get("client_name", "?")
-            amps = (r.params or {}).get("amplitudes")
+            amps = (r.params or {}).get(AMPLITUDES_KEY)
             if amps is None:
                 self.panic(f"site {name} shared no amplitude spectra")
                 return
-            amps = _as_numpy(amps).astype(np.float32)
+            amps = as_numpy(amps).astype(np.float32)
             if amps.ndim != 4 or amps.shape[1] != 1 or amps.shape[2] != amps.shape[3] or amps.shape[2] % 2 != 1:
                 self.panic(f"site {name}: amplitudes must be (K, 1, s, s) with odd s, got {amps.shape}")
                 return
@@ -77,7 +71,7 @@ class AmplitudeExchange(ModelController):
             replies = self.send_model_and_wait(
                 task_name=RECEIVE_TASK, data=FLModel(params={BANK_KEY: others}, params_type=ParamsType.FULL),
                 targets=[name], timeout=self.timeout)
-            got = (replies[0].metrics or {}).get("bank_size") if replies else None
+            got = (replies[0].metrics or {}).get(BANK_SIZE_METRIC) if replies else None
             if got != others.shape[0]:
                 self.panic(f"site {name} did not take the amplitude bank (reply {got}, sent {others.shape[0]})")
                 return

@@ -1,7 +1,7 @@
 """Processes and host resources of a local NVFlare federation: ports, GPUs, the ``nvflare`` CLI,
 a Python without fedxmodal, and the processes started for a federation (found through ``/proc``).
 
-Every process a :class:`fedxmodal.fl.deploy.Federation` starts carries ``FEDXMODAL_DEPLOY=<root>::<participant>``
+Every process a :class:`fedxmodal.deploy.federation.Federation` starts carries ``FEDXMODAL_DEPLOY=<root>::<participant>``
 in its environment; NVFlare passes it on to the job processes it spawns, so :func:`federation_processes`
 finds all of them. Linux only (``/proc``).
 """
@@ -9,7 +9,6 @@ finds all of them. Linux only (``/proc``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -23,8 +22,7 @@ MARKER_ENV = "FEDXMODAL_DEPLOY"
 LOOPBACK = "127.0.0.1"
 
 __all__ = ["DeployError", "LiveProcess", "MARKER_ENV", "LOOPBACK", "federation_processes", "free_port",
-           "host_gpu_ids", "port_is_free", "python_without_package", "run_nvflare_cli", "signal_all",
-           "write_json_atomic"]
+           "host_gpu_ids", "port_is_free", "python_without_package", "run_nvflare_cli", "signal_all"]
 
 
 class DeployError(RuntimeError):
@@ -61,12 +59,6 @@ def host_gpu_ids() -> List[int]:
         return list(get_host_gpu_ids())
     except Exception:
         return []
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def run_nvflare_cli(python: str, args: Sequence[str], root: Path, env_extra: Optional[Mapping[str, str]] = None,

@@ -1,6 +1,7 @@
-"""Non-federated regimes on the one engine: ``local`` (one site's data) and ``centralized``
-(all sites' training slices pooled). The federated regime drives the same engine from NVFlare
-(``fedxmodal.fl.site_train``). Every regime evaluates on every given site's test split."""
+"""Non-federated regimes with the method's trainer: ``local`` (one site's data) and
+``centralized`` (all sites' training slices pooled). The federated regime drives the same trainer
+from NVFlare (``fedxmodal.fl.segmentation_site``). Every regime evaluates on every given site's
+test split."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import torch
 from ..data.preprocess import PreprocessConfig
 from ..data.slices import SiteSlices
 from ..metrics.report import write_evaluation
+from ..engine.base import seed_everything
+from ..engine.supervised import SupervisedTrainer, TrainConfig
+from ..methods import build_trainer, load_trainer
 from ..networks.unet import UNetConfig
-from .trainer import SegmentationEngine, TrainConfig, seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def validation_dice(engine: SegmentationEngine, sites: list[SiteSlices]) -> float:
+def validation_dice(trainer: SupervisedTrainer, sites: list[SiteSlices]) -> float:
     """Mean over sites of the per-volume mean Dice on each site's validation split."""
-    vals = [engine.evaluate(s, "validation")["summary"]["mean_dice"] for s in sites]
+    vals = [trainer.evaluate(s, "validation")["summary"]["mean_dice"] for s in sites]
     return float(sum(vals) / len(vals))
 
 
@@ -52,28 +55,28 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
     images = torch.cat([p[0] for p in pooled])
     labels = torch.cat([p[1] for p in pooled])
     domains = torch.cat([torch.full((len(p[0]),), i, dtype=torch.long) for i, p in enumerate(pooled)])
-    engine = SegmentationEngine(structures, network, train, preprocess, device=device, writer=writer,
-                                domains=[s.name for s in sites])
-    engine.method.prepare([p[0] for p in pooled])
+    trainer = build_trainer(structures, network, train, preprocess, device=device, writer=writer,
+                           domains=[s.name for s in sites])
+    trainer.method.prepare([p[0] for p in pooled])
     log.info("%s training on %s: %d slices, %d epochs", regime, [s.name for s in sites], len(images), epochs)
     history, best, t0 = [], -1.0, time.perf_counter()
     for epoch in range(1, epochs + 1):
-        fit = engine.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress, domains=domains)
+        fit = trainer.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress, domains=domains)
         if not validate_every or epoch % validate_every:
             history.append({"epoch": epoch, "loss": fit["loss"]})
             continue
-        val = validation_dice(engine, sites)
+        val = validation_dice(trainer, sites)
         history.append({"epoch": epoch, "loss": fit["loss"], "val_dice": val})
         writer.add_scalar("val/mean_dice", val, epoch)
         if progress:
             print(f"[{regime}] epoch {epoch}/{epochs} loss {fit['loss']:.4f} val Dice {val:.4f}", flush=True)
         if val > best:
             best = val
-            engine.save(out_dir / "best_model.pt", regime=regime, epoch=epoch, val_dice=val)
-    engine.save(out_dir / "final_model.pt", regime=regime, epoch=epochs)
+            trainer.save(out_dir / "best_model.pt", regime=regime, epoch=epoch, val_dice=val)
+    trainer.save(out_dir / "final_model.pt", regime=regime, epoch=epochs)
     never_validated = best < 0
     if never_validated:  # the final model is also the "best": saved and evaluated once
-        engine.save(out_dir / "best_model.pt", regime=regime, epoch=epochs)
+        trainer.save(out_dir / "best_model.pt", regime=regime, epoch=epochs)
     wall = time.perf_counter() - t0
     eval_dirs = eval_sites or train_sites
     eval_slices = {s.site.root: s for s in sites}
@@ -81,7 +84,7 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
                "epochs": epochs, "n_train_slices": int(len(images)), "history": history,
                "train": train.to_dict(), "seconds": wall, "models": {}}
     for tag in ("final",) if never_validated else ("final", "best"):
-        model = SegmentationEngine.from_checkpoint(out_dir / f"{tag}_model.pt", device=device)
+        model = load_trainer(out_dir / f"{tag}_model.pt", device=device)
         evals = []
         for d in eval_dirs:
             site = eval_slices.get(Path(d).resolve()) or SiteSlices(d, structures, preprocess, progress=progress)

@@ -2,7 +2,7 @@
 
 :class:`FedBNAggregator` (FedBN, Li et al., ICLR 2021 -- DSBN's federated form): a weighted
 average of every tensor EXCEPT the BatchNorm ones, which each site keeps for itself. Sites of a
-FedBN job do not even send them (``fedxmodal.fl.segmentation_site.fedbn_weight_access``); the
+FedBN job do not even send them (:class:`fedxmodal.methods.dsbn.site.FedBNSiteParts`); the
 aggregator also drops any that arrive, so BN statistics never enter the global model. The global
 model keeps its initial BN tensors (``ResumableFedAvg.update_model`` merges a partial update).
 """
@@ -20,13 +20,10 @@ from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.apis.fl_constant import FLMetaKey
 
 from fedxmodal.networks.domain_norm import MONAI_NORM_PATTERN
+from fedxmodal.utils import as_numpy
 
 __all__ = ["FedBNAggregator"]
 log = logging.getLogger(__name__)
-
-
-def _as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 class FedBNAggregator(ModelAggregator):
@@ -59,7 +56,7 @@ class FedBNAggregator(ModelAggregator):
             if self._local.search(key):
                 self.skipped.add(key)
                 continue
-            v = _as_numpy(value).astype(np.float64)
+            v = as_numpy(value).astype(np.float64)
             self._sums[key] = self._sums.get(key, 0.0) + weight * v
             self._weights[key] = self._weights.get(key, 0.0) + weight
         self.contributors.append((model.meta or {}).get("client_name", "?"))

@@ -28,8 +28,8 @@ that jobs never touch: ``local/fedxmodal_site.json`` (``{"data_dir": ...}``, rea
 :mod:`fedxmodal.fl.site_config`) and ``local/resources.json`` (the site's resource manager: GPUs it
 may hand to jobs, see :func:`configure_site_resources`).
 
-Ports, GPUs and process discovery: :mod:`fedxmodal.fl.processes`; provisioning and kit
-configuration: :mod:`fedxmodal.fl.kits`. Linux only (``/proc``).
+Ports, GPUs and process discovery: :mod:`fedxmodal.deploy.processes`; provisioning and kit
+configuration: :mod:`fedxmodal.deploy.kits`. Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from ..utils import write_json_atomic
 from .kits import (DEFAULT_ADMIN, DEFAULT_PROJECT, POC_SERVER, SITE_CONFIG_FILE, configure_server,
                    configure_site_data, configure_site_resources, poc_project, project_participants, provision)
 from .processes import (LOOPBACK, MARKER_ENV, DeployError, LiveProcess, federation_processes, free_port,
-                        host_gpu_ids, port_is_free, python_without_package, run_nvflare_cli, signal_all,
-                        write_json_atomic)
+                        host_gpu_ids, port_is_free, python_without_package, run_nvflare_cli, signal_all)
 
 STATE_FILE = "federation.json"
 CONSOLE_LOG = "console.log"

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from .processes import DeployError, host_gpu_ids, run_nvflare_cli, write_json_atomic
+from ..utils import write_json_atomic
+from .processes import DeployError, host_gpu_ids, run_nvflare_cli
 
 SITE_CONFIG_FILE = "fedxmodal_site.json"
 DEFAULT_PROJECT = "fedxmodal_poc"
