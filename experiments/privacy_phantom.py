@@ -74,7 +74,7 @@ def site_logs(ws: Path) -> str:
 
 def run_row(key: str, out: Path, data: Path, rounds: int) -> dict:
     sys.path.insert(0, str(REPO / "custom"))
-    from fedxmodal.apps.demo import run_simulator
+    from fedxmodal.deploy.simulator import run_simulator
     from fedxmodal.data.slices import SiteSlices
     from fedxmodal.recipes.export import export_job, load_spec
     from fedxmodal.apps.models import trainer_from_fl_model
@@ -93,7 +93,7 @@ def run_row(key: str, out: Path, data: Path, rounds: int) -> dict:
     env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(work / "checkpoints"),
            "PYTHONUNBUFFERED": "1"}
     print(f"== {key}: {label}", flush=True)
-    wall = run_simulator(job, ws, env, work / "simulator.log", rounds)
+    wall = run_simulator(job, ws, env, work / "simulator.log", rounds, ("ct-site", "mr-site"))
     if not (ws / "server" / "simulate_job" / "app_server" / "FL_global_model.pt").is_file():
         raise RuntimeError(f"{key}: the simulator produced no global model; see {work / 'simulator.log'}")
 

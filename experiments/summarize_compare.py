@@ -14,14 +14,15 @@ import json
 import sys
 from pathlib import Path
 
-from fedxmodal.apps.compare import METHOD_LABELS, METHOD_ORDER
+from fedxmodal.apps.compare import method_label
+from fedxmodal.methods import METHODS
 
 
 def summarize(grid: Path) -> str:
     summary = json.loads((grid / "compare.json").read_text())
     cells, config = summary["cells"], summary["config"]
     sites = config["sites"]
-    methods = [m for m in METHOD_ORDER if any(k.startswith(f"{m}__") for k in cells)]
+    methods = [m for m in METHODS if any(k.startswith(f"{m}__") for k in cells)]
     directions = [(a, b) for a in sites for b in sites if a != b]  # trained on a alone, tested on b
     unseen = {(m, a): cells.get(f"{m}__local-{a}", {}).get("per_site", {}).get(b, {}).get("mean_dice")
               for m in methods for a, b in directions}
@@ -39,12 +40,12 @@ def summarize(grid: Path) -> str:
         row = [fmt(unseen[(m, a)], unseen[(m, a)] is not None and unseen[(m, a)] == best[a]) for a, _ in directions]
         ratio = summary["fed_central_ratio"].get(m, {})
         row += [fmt(ratio.get(s)) for s in sites]
-        lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(row) + " |")
+        lines.append(f"| {method_label(m)} | " + " | ".join(row) + " |")
     if "pancreas" in config["structures"]:
         pan = {m: [cells.get(f"{m}__local-{a}", {}).get("per_site", {}).get(b, {}).get("dice", {}).get("pancreas")
                    for a, b in directions] for m in methods}
         lines += ["", "Pancreas Dice on the unseen modality (" + ", ".join(f"{a} only -> {b}" for a, b in directions)
-                  + "): " + "; ".join(f"{METHOD_LABELS.get(m, m)} " + "/".join(fmt(v) for v in vals)
+                  + "): " + "; ".join(f"{method_label(m)} " + "/".join(fmt(v) for v in vals)
                                       for m, vals in pan.items())]
     ran = [c for c in cells.values() if c.get("seconds")]
     seconds = sum(c["seconds"] for c in ran)

@@ -58,6 +58,32 @@ def _imports(module: str, path: Path) -> set[str]:
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 
+def test_every_internal_import_exists():
+    """An import of a fedxmodal module or name that does not exist fails here, not at a site."""
+    import importlib
+
+    missing = []
+    for m, path in MODULES.items():
+        base = m.split(".") if path.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                if mod.split(".")[0] != "fedxmodal":
+                    continue
+                if mod not in MODULES:
+                    missing.append((m, mod))
+                    continue
+                target = importlib.import_module(mod)
+                missing += [(m, f"{mod}.{a.name}") for a in node.names
+                            if not hasattr(target, a.name) and f"{mod}.{a.name}" not in MODULES]
+            elif isinstance(node, ast.Import):
+                missing += [(m, a.name) for a in node.names
+                            if a.name.split(".")[0] == "fedxmodal" and a.name not in MODULES]
+    assert not missing, missing
+
+
 def _layer(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
