@@ -162,3 +162,35 @@ def test_server_model_initial_weights_are_seeded_without_touching_global_rng():
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
     engine = build_trainer(("liver",) * 1 + ("kidney_right", "kidney_left", "spleen", "pancreas", "gallbladder"))
     assert set(engine.get_weights()) == set(a)  # the server's model and the sites' engines share keys
+
+
+@pytest.mark.parametrize("bf16_cpu,amp,expected", [(True, True, torch.bfloat16), (True, False, None),
+                                                    (False, True, None)])
+def test_precision_choice(monkeypatch, bf16_cpu, amp, expected):
+    """bfloat16 autocast where the CPU has it, float32 when forced (amp=False) or unsupported; the
+    network's convolutions run in that dtype, the weights stay float32, training stays finite, and
+    the augmentations (GIN here) run in float32 inside the autocast region."""
+    from fedxmodal.engine import base
+
+    monkeypatch.setattr(base, "cpu_supports_bf16", lambda: bf16_cpu)
+    trainer = _engine("gin_ipa", amp=amp)
+    trainer.device = torch.device("cpu")
+    assert trainer.amp_dtype == expected and trainer.use_amp == (expected is not None)
+    assert not trainer.scale_gradients  # gradient scaling only for CUDA float16
+    conv_dtypes, aug_dtypes = set(), set()
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: conv_dtypes.add(o.dtype))
+    gin = trainer.method.gin
+    gin.register_forward_hook(lambda m, i, o: aug_dtypes.add(o.dtype))
+    x = torch.randn(8, 1, 32, 32)
+    y = (x[:, 0] > 0.5).to(torch.uint8)
+    w0 = trainer.get_weights()
+    out = trainer.fit(x, y, epochs=1, progress=False)
+    assert np.isfinite(out["loss"])
+    assert conv_dtypes == {expected or torch.float32}
+    assert aug_dtypes == {torch.float32}
+    w1 = trainer.get_weights()
+    assert all(v.dtype == w0[k].dtype for k, v in w1.items())
+    assert any(not torch.equal(w0[k], v) for k, v in w1.items())
+    probs = trainer.predict_slices(x[:2])
+    assert probs.dtype == torch.float32 and torch.isfinite(probs).all()

@@ -345,6 +345,19 @@ def run_compare(args) -> int:
         if not report.ok:
             print(report.render(), file=sys.stderr)
             return 1
-    grid = CompareGrid(data, out, args.task, args.quick, seed=args.seed, methods=args.methods, device=args.device)
-    grid.run()
+    seeds = list(dict.fromkeys(args.seeds)) if getattr(args, "seeds", None) else None
+    if not seeds:
+        CompareGrid(data, out, args.task, args.quick, seed=args.seed, methods=args.methods, device=args.device).run()
+        return 0
+    from .compare_seeds import seed_dir, summarize_seeds
+
+    for i, seed in enumerate(seeds, 1):
+        print(f"== seed {seed} ({i}/{len(seeds)})", flush=True)
+        grid = CompareGrid(data, seed_dir(out, seed), args.task, args.quick, seed=seed, methods=args.methods,
+                           device=args.device)
+        grid.run()
+    modality = {s: json.loads((data / s / "dataset.json").read_text()).get("modality", s) for s in grid.sites}
+    summary = summarize_seeds(out, seeds, grid.methods, grid.sites, modality)
+    print(summary["markdown"])
+    print(f"over seeds: {out / 'compare_seeds.md'}, {out / 'compare_seeds.json'}")
     return 0

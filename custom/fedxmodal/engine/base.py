@@ -33,6 +33,27 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 / AMX, as oneDNN reports it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # another torch build: no claim
+        return False
+
+
+def mixed_precision_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The autocast dtype a trainer uses on ``device``: float16 on CUDA (with gradient scaling, as
+    before), bfloat16 on CPUs that have native bf16, None (float32) elsewhere or when ``amp`` is
+    off -- ``amp: false`` in a job's ``train`` settings forces float32 everywhere."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
 def epoch_batches(n: int, batch_size: int) -> list[torch.Tensor]:
     """One epoch's shuffled index batches over ``n`` items. A last batch of one item is dropped
     (BatchNorm cannot train on it) unless it is the only item."""
@@ -69,7 +90,9 @@ class BaseTrainer:
     def __init__(self, device: str = "auto", amp: bool = True, writer=None):
         self.device = resolve_device(device)
         self.writer = writer
-        self.use_amp = amp and self.device.type == "cuda"  # mixed precision, used only on CUDA
+        self.amp_dtype = mixed_precision_dtype(self.device, amp)  # None: float32
+        self.use_amp = self.amp_dtype is not None
+        self.scale_gradients = self.amp_dtype == torch.float16  # bf16 has float32's range: no scaler
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self.global_step = 0
@@ -78,14 +101,14 @@ class BaseTrainer:
 
     def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         self.optimizers[name] = optimizer
-        self.scalers[name] = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scalers[name] = torch.amp.GradScaler("cuda", enabled=self.scale_gradients)
         return optimizer
 
     def autocast(self):
-        return torch.autocast(self.device.type, enabled=self.use_amp)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
     def optimizer_step(self, loss: torch.Tensor, name: str) -> None:
-        """Backward ``loss`` and step optimizer ``name`` (gradients scaled under CUDA AMP)."""
+        """Backward ``loss`` and step optimizer ``name`` (gradients scaled under CUDA float16)."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {name} loss at step {self.global_step}")
         optimizer, scaler = self.optimizers[name], self.scalers[name]

@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     spatial_augment: bool = True
     foreground_only: bool = True  # train on slices that contain labels, as the papers do
-    amp: bool = True  # mixed precision, used only on CUDA
+    amp: bool = True  # mixed precision where the device has it (CUDA float16, CPU bfloat16); False: float32
     seed: int = 0
 
     def to_dict(self) -> dict:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ipa import gin_ipa_views, random_blend_mask
+from .precision import float32_augmentation
 
 __all__ = ["GINAugment", "GINIPAAugment", "random_blend_mask", "gin_ipa_views"]
 
@@ -120,6 +121,7 @@ class GINAugment(nn.Module):
         )
 
     @torch.no_grad()
+    @float32_augmentation
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Apply one fresh random GIN draw.
 
@@ -252,6 +254,7 @@ class GINIPAAugment(nn.Module):
                                  unit_norm_control_points=self.unit_norm_control_points)
 
     @torch.no_grad()
+    @float32_augmentation
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
                 return_mask: bool = False):
         """Return ``(x1p, x2p, x3)`` (see :func:`fedxmodal.transforms.ipa.gin_ipa_views`)."""

@@ -19,6 +19,8 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .precision import float32_augmentation
+
 __all__ = ["random_blend_mask", "bspline2_basis", "blend_views", "gin_ipa_views"]
 
 #: Control-point spacing in pixels used when ``grid`` is None: the original code uses 24 px at
@@ -128,6 +130,7 @@ def blend_views(x1: torch.Tensor, x2: torch.Tensor, m: torch.Tensor) -> Tuple[to
     return x1 * m + x2 * (1.0 - m), x1 * (1.0 - m) + x2 * m
 
 
+@float32_augmentation
 def gin_ipa_views(
     x: torch.Tensor,
     gin: Callable[..., torch.Tensor],

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .gin import _rand, _randn, check_kernels_and_alpha
+from .precision import float32_augmentation
 
 __all__ = ["RandConvAugment"]
 
@@ -72,6 +73,7 @@ class RandConvAugment:
                 f"alpha_range={self.alpha_range}, padding_mode={self.padding_mode!r})")
 
     @torch.no_grad()
+    @float32_augmentation
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Apply one fresh random convolution.
 
