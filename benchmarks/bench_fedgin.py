@@ -167,8 +167,9 @@ def bench_engine(images, labels, structures, network, train, threads, reps, epoc
 
     def engine(method, spatial):
         torch.manual_seed(seed)
+        # float32 like the bare loop (mixed precision is benchmarks/bench_precision.py's figure)
         tc = TrainConfig.from_dict({**train, "method": method, "method_args": gin_args if method == "gin" else {},
-                                    "spatial_augment": spatial, "seed": seed})
+                                    "spatial_augment": spatial, "seed": seed, "amp": False})
         eng = build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu")
         return lambda: eng.fit(images, labels, epochs=epochs_per_rep, progress=False)
 

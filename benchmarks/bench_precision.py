@@ -1,0 +1,87 @@
+"""Mixed precision on this machine: training throughput (slices/s) of every trainer style in
+float32 and in its mixed-precision mode (CPU: bfloat16 autocast where the CPU has it; CUDA: float16
+AMP), measured in ONE run, variants interleaved (A B A B ..., order alternated), medians reported.
+
+    .venv/bin/python benchmarks/bench_precision.py [--threads 1 2] [--reps 7] [--size 128] [--out p.json]
+
+The FedGIN job's network (16-32-64-128 U-Net) and batch size 16 on 128x128 slices (random
+intensities, blob labels: throughput does not depend on content). Trainers measured:
+``supervised:gin`` and ``supervised:none`` (SupervisedTrainer, with and without GIN). A figure,
+not a test; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def supervised(method: str, amp: bool, size: int, n: int, device: str):
+    import torch
+
+    from fedxmodal.engine.supervised import TrainConfig
+    from fedxmodal.methods import build_trainer
+
+    torch.manual_seed(0)
+    x = torch.randn(n, 1, size, size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    blob = ((yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (size // 5) ** 2).to(torch.uint8)
+    y = blob.expand(n, size, size).clone()
+    trainer = build_trainer(tuple(f"s{i}" for i in range(6)),
+                            train=TrainConfig(method=method, amp=amp, batch_size=16), device=device)
+    return trainer, lambda: trainer.fit(x, y, epochs=1, progress=False), n
+
+
+TRAINERS = {"supervised:gin": lambda amp, a: supervised("gin", amp, a.size, a.n, a.device),
+            "supervised:none": lambda amp, a: supervised("none", amp, a.size, a.n, a.device)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1])
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--n", type=int, default=64, help="slices per repetition")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    import torch
+
+    from fedxmodal.engine.base import cpu_supports_bf16
+
+    results = {"cpu_bf16": cpu_supports_bf16(), "torch": torch.__version__, "rows": []}
+    print(f"torch {torch.__version__}, CPU native bf16: {results['cpu_bf16']}, size {a.size}, batch 16, "
+          f"{a.n} slices/rep, {a.reps} reps")
+    for threads in a.threads:
+        torch.set_num_threads(threads)
+        for name in a.trainers:
+            variants = {amp: TRAINERS[name](amp, a) for amp in (False, True)}
+            for _, fn, _ in variants.values():
+                fn()  # warm-up: allocator, first optimizer step, oneDNN kernels
+            speed = {False: [], True: []}
+            for r in range(a.reps):
+                for amp in ((False, True) if r % 2 == 0 else (True, False)):
+                    _, fn, n = variants[amp]
+                    t0 = time.perf_counter()
+                    fn()
+                    speed[amp].append(n / (time.perf_counter() - t0))
+            dtype = variants[True][0].amp_dtype
+            row = {"trainer": name, "threads": threads, "mixed_dtype": str(dtype).replace("torch.", ""),
+                   "fp32_slices_s": statistics.median(speed[False]),
+                   "mixed_slices_s": statistics.median(speed[True])}
+            row["speedup"] = row["mixed_slices_s"] / row["fp32_slices_s"]
+            results["rows"].append(row)
+            print(f"{name:18s} threads {threads}: fp32 {row['fp32_slices_s']:.1f}, {row['mixed_dtype']} "
+                  f"{row['mixed_slices_s']:.1f} slices/s -> x{row['speedup']:.2f}", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
