@@ -97,11 +97,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .apps.segment import segment_file
+    from .apps.segment import output_paths, segment_file
 
+    paths = output_paths(args.image, args.out)
     segment_file(args.image, args.model, args.out, modality=args.modality, overlay=args.overlay, device=args.device,
                  job_dir=args.job)
-    print(f"mask: {args.out}" + (f", overlay: {args.overlay}" if args.overlay else ""))
+    for kind, label in (("nifti", "mask"), ("seg", "DICOM SEG")):
+        if kind in paths:
+            print(f"{label}: {paths[kind]}")
+    if args.overlay:
+        print(f"overlay: {args.overlay}")
     return 0
 
 
@@ -179,11 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("segment", help="segment a NIfTI file or DICOM series; the mask is in the input's geometry")
-    s.add_argument("image")
+    s.add_argument("image", help="NIfTI file or DICOM series folder")
     s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True, help="mask path (.nii.gz)")
+    s.add_argument("--out", required=True, help="mask path: .nii.gz (for a DICOM series also a DICOM SEG beside it, "
+                                                "mask.dcm) or .dcm (DICOM SEG only)")
     s.add_argument("--modality", choices=("CT", "MR"), help="default: the DICOM tag, else guessed from intensities")
-    s.add_argument("--overlay", help="also write a PNG overlay of the mask on the image")
+    s.add_argument("--overlay", help="also write a PNG overlay (axial + coronal, radiological view)")
     s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_segment)

@@ -1,0 +1,151 @@
+"""Clinical outputs of ``segment``: DICOM SEG for PACS (read back with highdicom and pydicom and
+compared with the NIfTI mask voxel by voxel), and refusals of bad DICOM input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from conftest import blob_case, write_site
+from dicom_series import ras_frames, ras_volume_as_series, write_series
+from pydicom.sr.codedict import codes
+
+from fedxmodal import __version__
+from fedxmodal.cli import main
+from fedxmodal.data.preprocess import PreprocessConfig
+from fedxmodal.data.slices import SiteSlices
+from fedxmodal.engine.trainer import SegmentationEngine, TrainConfig, seed_everything
+from fedxmodal.networks.unet import UNetConfig
+
+SMALL = PreprocessConfig(size=64)
+TINY_NET = UNetConfig(channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+STRUCTURES = ("liver", "spleen")
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> Path:
+    """A tiny U-Net trained for a few seconds on blob volumes (liver box, spleen box), saved."""
+    root = tmp_path_factory.mktemp("model")
+    site = write_site(root / "s", {s: [blob_case(i) for i in range(2)] for s in ("training", "validation", "test")})
+    images, labels = SiteSlices(site, STRUCTURES, SMALL, progress=False).slices("training", foreground_only=False)
+    seed_everything(0)
+    engine = SegmentationEngine(STRUCTURES, network=TINY_NET, preprocess=SMALL,
+                                train=TrainConfig(method="none", batch_size=4, lr=3e-3, seed=0, spatial_augment=False))
+    engine.fit(images, labels, epochs=10, progress=False)
+    return engine.save(root / "model.pt")
+
+
+def _sources(series_dir: Path) -> list[pydicom.Dataset]:
+    return sorted((pydicom.dcmread(f) for f in series_dir.iterdir()), key=lambda ds: int(ds.InstanceNumber))
+
+
+def _nifti_at_dicom_pixels(nifti_path: Path, sources) -> np.ndarray:
+    """The NIfTI mask sampled at every DICOM pixel centre: (n, rows, cols), by the DICOM geometry
+    (pixel (r, c) at IPP + c*dc*row_dir + r*dr*col_dir, LPS) and the NIfTI affine (RAS) only."""
+    img = nib.load(str(nifti_path))
+    data, inv = np.asarray(img.dataobj), np.linalg.inv(img.affine)
+    out = []
+    for ds in sources:
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+        lps = np.asarray(ds.ImagePositionPatient, float) + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+        ras = lps * np.array([-1.0, -1.0, 1.0])
+        ijk = ras @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.round(ijk).astype(int)
+        assert np.allclose(ijk, idx, atol=1e-3), "DICOM pixel centres fall between NIfTI voxels"
+        out.append(data[idx[..., 0], idx[..., 1], idx[..., 2]])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+def test_segment_dicom_series_writes_nifti_and_dicom_seg_that_agree(tmp_path, trained_model, orientation):
+    img, lab = blob_case(9)
+    series = tmp_path / "series"
+    ras_volume_as_series(series, img, orientation=orientation)
+    rc = main(["segment", str(series), "--model", str(trained_model), "--out", str(tmp_path / "mask.nii.gz")])
+    assert rc == 0
+    sources = _sources(series)
+    seg = hd.seg.segread(tmp_path / "mask.dcm")
+
+    # one segment per structure: label, coded anatomy, algorithm name and version
+    assert seg.number_of_segments == 2
+    for number, name, code in ((1, "liver", codes.SCT.Liver), (2, "spleen", codes.SCT.Spleen)):
+        desc = seg.get_segment_description(number)
+        assert desc.segment_label == name
+        assert desc.segmented_property_type == code
+        assert desc.segmented_property_category == codes.SCT.AnatomicalStructure
+        assert desc.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+        assert desc.algorithm_identification[0].AlgorithmName == "fedxmodal none 2D U-Net"
+        assert desc.algorithm_identification[0].AlgorithmVersion == __version__
+    # references the source series and its instances, same patient / study / frame of reference
+    raw = pydicom.dcmread(tmp_path / "mask.dcm")
+    assert raw.Modality == "SEG" and raw.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert raw.StudyInstanceUID == sources[0].StudyInstanceUID and raw.PatientID == sources[0].PatientID
+    assert raw.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert raw.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    referenced = {item.ReferencedSOPInstanceUID for item in raw.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in sources}
+
+    # frames in the source's own geometry == the NIfTI mask, voxel by voxel
+    frames = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in sources], combine_segments=True,
+                                               assert_missing_frames_are_empty=True)
+    nifti = _nifti_at_dicom_pixels(tmp_path / "mask.nii.gz", sources)
+    assert frames.shape == (len(sources), sources[0].Rows, sources[0].Columns)
+    assert np.array_equal(frames, nifti)
+    # and it is the blobs' segmentation (in the DICOM pixels the series was written from)
+    truth = ras_frames(lab, orientation)
+    for c in (1, 2):
+        assert 2 * ((frames == c) & (truth == c)).sum() / ((frames == c).sum() + (truth == c).sum()) > 0.7
+
+
+def test_out_dcm_writes_only_the_seg_and_needs_dicom_input(tmp_path, trained_model, capsys):
+    img, _ = blob_case(9)
+    ras_volume_as_series(tmp_path / "series", img)
+    assert main(["segment", str(tmp_path / "series"), "--model", str(trained_model), "--out",
+                 str(tmp_path / "out" / "seg.dcm")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seg.dcm"]
+    assert hd.seg.segread(tmp_path / "out" / "seg.dcm").number_of_segments == 2
+    nib.save(nib.Nifti1Image(img, np.diag([2.0, 2.0, 4.0, 1.0])), str(tmp_path / "in.nii.gz"))
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "in.nii.gz"), "--model", str(trained_model), "--out",
+                 str(tmp_path / "x.dcm")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "x.dcm") in err and "needs a DICOM series as input" in err
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "missing slices"), ("mixed", "mixed series in one folder"),
+    ("spacing", "inconsistent slice spacing"), ("sagittal", "non-axial stack")])
+def test_bad_dicom_input_is_refused_by_segment(tmp_path, trained_model, capsys, problem, expected):
+    frames = np.full((6, 16, 16), 40.0, np.float32)
+    series = tmp_path / "series"
+    if problem == "missing":
+        write_series(series, frames)[2].unlink()
+    elif problem == "mixed":
+        write_series(series, frames, names=[f"a{k}.dcm" for k in range(6)])
+        write_series(series, frames[:2], names=["b0.dcm", "b1.dcm"])
+    elif problem == "spacing":
+        write_series(series, frames, positions=[(0.0, 0.0, z) for z in (0, 4, 8, 13, 17, 21)])
+    else:
+        write_series(series, frames, iop=(0, 1, 0, 0, 0, -1))
+    rc = main(["segment", str(series), "--model", str(trained_model), "--out", str(tmp_path / "mask.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{series}: {expected}" in err
+    assert not (tmp_path / "mask.nii.gz").exists() and not (tmp_path / "mask.dcm").exists()
+
+
+def test_structure_codes_are_snomed_ct():
+    from fedxmodal.apps.dicom_seg import structure_code
+
+    expected = {"liver": "10200004", "kidney_right": "9846003", "kidney_left": "18639004", "spleen": "78961009",
+                "pancreas": "15776009", "gallbladder": "28231008", "heart": "80891009"}
+    for name, value in expected.items():
+        code = structure_code(name)
+        assert (code.value, code.scheme_designator) == (value, "SCT")
+    with pytest.raises(ValueError, match="no SNOMED CT code for structure 'aorta'"):
+        structure_code("aorta")
