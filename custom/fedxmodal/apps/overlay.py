@@ -118,7 +118,8 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, affine, structures: Sequ
         panels += [(view, k) for k in levels]
     ncols = ncols or len(panels)
     nrows = int(np.ceil(len(panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.4 * nrows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.4 * nrows + 0.8), squeeze=False,
+                             layout="constrained")
     lo, hi = _window(img, modality)
     outline = [pe.withStroke(linewidth=2.5, foreground="black")]
     for ax in axes.ravel():
@@ -149,9 +150,9 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, affine, structures: Sequ
                for c, n in names.items()]
     if ref is not None:
         handles.append(Line2D([], [], color="black", linestyle="--", label="reference (dashed)"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4 * ncols), fontsize=8,
+               frameon=False)
     fig.suptitle((title + "\n" if title else "") + "radiological view: patient's right on the left", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     return fig
 
 
@@ -165,3 +166,33 @@ def save_overlay(image: np.ndarray, mask: np.ndarray, affine, out_png, structure
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def write_case_overlays(engine, site_slices, split: str, out_dir, max_cases: int | None = None) -> list[Path]:
+    """One overlay PNG per volume of a site's split: the model's prediction filled, the reference
+    labels dashed (for ``evaluate --overlays`` and the demo).
+
+    Args:
+        engine: a ``SegmentationEngine`` (``predict_volume``, ``structures``, ``domains``).
+        site_slices: the site's ``SiteSlices`` (its preprocessor, modality and cases).
+        split: ``"test"``, ``"validation"`` or ``"training"``.
+        out_dir: folder for ``<site>_<case>.png``.
+        max_cases: at most this many volumes (default all).
+
+    Returns:
+        The PNG paths.
+    """
+    from ..data.io import load_volume
+    from ..data.preprocess import crop_slab
+
+    out_dir = Path(out_dir)
+    domain = engine.domains.index(site_slices.name) if site_slices.name in engine.domains else None
+    written = []
+    for vol in site_slices.volumes(split)[:max_cases]:
+        pred = engine.predict_volume(vol, site_slices.preprocessor, domain=domain)
+        image = crop_slab(load_volume(vol.case.image), vol.case)[0].numpy()
+        out = out_dir / f"{site_slices.name}_{vol.case.case_id}.png"
+        written.append(save_overlay(image, pred, vol.original_affine, out, engine.structures, reference=vol.ref_label,
+                                    modality=site_slices.modality,
+                                    title=f"{site_slices.name} ({site_slices.modality}) {vol.case.case_id}"))
+    return written
