@@ -149,3 +149,20 @@ def test_structure_codes_are_snomed_ct():
         assert (code.value, code.scheme_designator) == (value, "SCT")
     with pytest.raises(ValueError, match="no SNOMED CT code for structure 'aorta'"):
         structure_code("aorta")
+
+
+def test_evaluate_takes_site_folders_before_or_after_model_and_writes_overlays(tmp_path, trained_model, capsys):
+    site = write_site(tmp_path / "site1", {"test": [blob_case(7)]})
+    # --model takes several values: the site folder after it used to be swallowed into --model
+    assert main(["evaluate", "--model", str(trained_model), str(site), "--out", str(tmp_path / "ev1"),
+                 "--overlays", str(tmp_path / "ov")]) == 0
+    assert main(["evaluate", str(site), "--model", str(trained_model), "--out", str(tmp_path / "ev2")]) == 0
+    a = (tmp_path / "ev1" / "evaluation.json").read_text()
+    assert a == (tmp_path / "ev2" / "evaluation.json").read_text()
+    pngs = list((tmp_path / "ov").glob("*.png"))
+    assert [p.name for p in pngs] == ["site1_test_0.png"] and pngs[0].stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(trained_model)]) == 2
+    assert "no site folder to evaluate on (--model got " in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(trained_model), str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'}: not found (neither a model checkpoint nor a site folder)" in capsys.readouterr().err
