@@ -1,8 +1,13 @@
-"""Clinical outputs of ``segment``: DICOM SEG for PACS (read back with highdicom and pydicom and
-compared with the NIfTI mask voxel by voxel), and refusals of bad DICOM input."""
+"""Clinical outputs: DICOM SEG for PACS (read back with highdicom and pydicom and compared with the
+NIfTI mask voxel by voxel), refusals of bad DICOM input, ``evaluate``'s argument order and overlays,
+and the model as a MONAI bundle run by ``python -m monai.bundle`` in an environment without fedxmodal."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import highdicom as hd
@@ -166,3 +171,95 @@ def test_evaluate_takes_site_folders_before_or_after_model_and_writes_overlays(t
     assert "no site folder to evaluate on (--model got " in capsys.readouterr().err
     assert main(["evaluate", "--model", str(trained_model), str(tmp_path / "nope")]) == 2
     assert f"{tmp_path / 'nope'}: not found (neither a model checkpoint nor a site folder)" in capsys.readouterr().err
+
+
+# ---- MONAI bundle ----------------------------------------------------------------------------
+def _monai_only_python(root: Path) -> Path:
+    """A Python that sees this environment's packages (MONAI, torch, nibabel, ...) but not fedxmodal:
+    a fresh venv whose site-packages lists ours in a .pth line. Lines add the folder only, the .pth
+    files inside it (the editable fedxmodal install) are not run."""
+    env = root / "monai-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    site = subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = subprocess.run([str(python), "-I", "-c", "import monai, torch, nibabel\ntry:\n    import fedxmodal\n"
+                            "except ImportError:\n    print('no fedxmodal')"], cwd=root, capture_output=True, text=True)
+    assert probe.stdout.strip() == "no fedxmodal", (probe.stdout, probe.stderr)
+    return python
+
+
+def test_export_bundle_runs_with_monai_alone_and_matches_segment(tmp_path, trained_model):
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", "--model", str(trained_model), "--out", str(bundle)]) == 0
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["structures"] == ["liver", "spleen"]
+    assert meta["label_ids"] == {"background": 0, "liver": 1, "spleen": 2}
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver",
+                                                                              "2": "spleen"}
+    assert (bundle / "configs" / "inference.json").is_file() and (bundle / "models" / "model.pt").is_file()
+
+    # inputs: CT stored RAS and LPS; an MR-like volume (no Hounsfield air) for the MR normalisation
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    img, _ = blob_case(9)
+    nib.save(nib.Nifti1Image(img, np.diag([2.0, 2.0, 4.0, 1.0])), str(inputs / "ct_ras.nii.gz"))
+    lps = np.diag([-2.0, -2.0, 4.0, 1.0])
+    lps[:2, 3] = [2.0 * (img.shape[0] - 1), 2.0 * (img.shape[1] - 1)]
+    nib.save(nib.Nifti1Image(img[::-1, ::-1].copy(), lps), str(inputs / "ct_lps.nii.gz"))
+    mr = np.clip(img + 900.0, 0, None) * np.random.default_rng(3).uniform(0.9, 1.1, img.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(mr, np.diag([2.0, 2.0, 4.0, 1.0])), str(tmp_path / "mr.nii.gz"))
+
+    python = _monai_only_python(tmp_path)
+    runs = [(str(inputs / "*.nii.gz"), "CT"), (str(tmp_path / "mr.nii.gz"), "MR")]
+    for image, modality in runs:
+        proc = subprocess.run([str(python), "-I", "-m", "monai.bundle", "run", "--config_file",
+                               str(bundle / "configs" / "inference.json"), "--image", image, "--modality", modality,
+                               "--output_dir", str(tmp_path / "bundle_out")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, modality in (("ct_ras", "CT"), ("ct_lps", "CT"), ("mr", "MR")):
+        src = inputs / f"{name}.nii.gz" if name != "mr" else tmp_path / "mr.nii.gz"
+        assert main(["segment", str(src), "--model", str(trained_model), "--modality", modality, "--out",
+                     str(tmp_path / f"{name}_segment.nii.gz")]) == 0
+        ours, theirs = nib.load(str(tmp_path / f"{name}_segment.nii.gz")), nib.load(
+            str(tmp_path / "bundle_out" / f"{name}_seg.nii.gz"))
+        a, b = np.asarray(ours.dataobj), np.asarray(theirs.dataobj)
+        assert a.shape == b.shape and np.allclose(ours.affine, theirs.affine, atol=1e-5)
+        assert len(np.unique(a)) == 3, "the comparison needs a mask with every class"
+        # Same transforms, same weights, same arithmetic: identical, voxel for voxel (with MONAI's
+        # NormalizeIntensityd, population instead of sample std, 1 of 9600 MR voxels flipped).
+        assert np.array_equal(a, b), f"{name}: {(a != b).sum()} of {a.size} voxels differ"
+
+
+def test_export_bundle_refuses_multi_branch_networks(tmp_path, capsys):
+    engine = SegmentationEngine(STRUCTURES, network=UNetConfig(channels=(8, 16, 32), strides=(2, 2), norm_branches=2),
+                                preprocess=SMALL, train=TrainConfig(method="dsbn"))
+    ckpt = engine.save(tmp_path / "dsbn.pt")
+    assert main(["export-bundle", "--model", str(ckpt), "--out", str(tmp_path / "b")]) == 2
+    assert "2 normalisation branches (method 'dsbn')" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_bundle_of_an_nvflare_global_model_with_its_job(tmp_path):
+    """``--job``: structures, network and preprocessing come from the job; the bundle's network_def,
+    parsed by MONAI's ConfigParser, takes the exported weights."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from fedxmodal.networks.unet import SegmentationUNet
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "fedgin"
+    torch.save({"model": SegmentationUNet(6, init_seed=0).state_dict()}, tmp_path / "FL_global_model.pt")
+    assert main(["export-bundle", "--model", str(tmp_path / "FL_global_model.pt"), "--job", str(job),
+                 "--out", str(tmp_path / "b"), "--modality", "MR"]) == 0
+    meta = json.loads((tmp_path / "b" / "configs" / "metadata.json").read_text())
+    assert meta["structures"] == ["liver", "kidney_right", "kidney_left", "spleen", "pancreas", "gallbladder"]
+    assert meta["label_ids"]["gallbladder"] == 6 and meta["fedxmodal"]["default_modality"] == "MR"
+    parser = ConfigParser()
+    parser.read_config(str(tmp_path / "b" / "configs" / "inference.json"))
+    assert parser["modality"] == "MR" and parser["inferer"]["roi_size"] == [128, 128]
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
+    assert net.load_state_dict(state).missing_keys == []

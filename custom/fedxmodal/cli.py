@@ -148,6 +148,20 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_export_bundle(args) -> int:
+    from .apps.bundle import export_bundle
+
+    try:
+        out = export_bundle(args.model, args.out, job_dir=args.job, modality=args.modality)
+    except ValueError as exc:
+        print(f"error: export-bundle: {exc}", file=sys.stderr)
+        return 2
+    cfg = (out / "configs" / "inference.json").resolve()
+    print(f"MONAI bundle: {out}\nrun it: python -m monai.bundle run --config_file {cfg} --image IMAGE.nii.gz "
+          f"[--modality CT|MR] [--output_dir DIR]")
+    return 0
+
+
 def cmd_totalseg_pair(args) -> int:
     from .data.sites import TOTALSEG_ABDOMEN_LABELS, write_slab_site
 
@@ -233,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("export-bundle", help="write the model as a MONAI bundle (metadata.json, inference.json, "
+                                             "weights) that `python -m monai.bundle run` runs with MONAI alone")
+    s.add_argument("--model", required=True, help="checkpoint")
+    s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
+    s.add_argument("--out", required=True, help="bundle folder")
+    s.add_argument("--modality", choices=("CT", "MR"), default="CT",
+                   help="default modality of inference.json (override at run time with --modality)")
+    s.set_defaults(func=cmd_export_bundle)
 
     s = sub.add_parser("demo", help="the main job: phantom data -> FedGIN in nvflare simulator -> evaluation")
     s.add_argument("--workdir", default="demo")
