@@ -74,21 +74,59 @@ def cmd_train(args) -> int:
     return 0
 
 
+def split_models_and_sites(models, site_dirs) -> tuple[list[str], list[str]]:
+    """``evaluate``'s checkpoints and site folders, whatever their order on the command line:
+    ``--model`` takes several values, so ``--model A.pt site1 site2`` hands it the site folders
+    too; folders among them are site folders. Raises ``FileNotFoundError`` naming a path that is
+    neither, and ``ValueError`` when no checkpoint or no site folder is left."""
+    ckpts, sites = [], list(site_dirs)
+    for item in models:
+        path = Path(item)
+        if path.is_dir():
+            sites.append(item)
+        elif path.is_file():
+            ckpts.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: not found (neither a model checkpoint nor a site folder)")
+    for item in sites:
+        if Path(item).is_file():
+            raise ValueError(f"{item} is a file, not a site folder: pass checkpoints with --model")
+        if not (Path(item) / "dataset.json").is_file():
+            raise FileNotFoundError(f"{item}: not a site folder (no dataset.json)")
+    if not ckpts:
+        raise ValueError("no model checkpoint: pass one or more with --model CKPT")
+    if not sites:
+        raise ValueError(f"no site folder to evaluate on (--model got {', '.join(models)}): "
+                         "pass site folders (folders with a dataset.json)")
+    return ckpts, sites
+
+
 def cmd_evaluate(args) -> int:
     from .data.slices import SiteSlices
     from .apps.models import load_model
     from .metrics.report import cross_modality_matrix, write_evaluation
 
+    try:
+        args.model, args.site_dirs = split_models_and_sites(args.model, args.site_dirs)
+    except ValueError as exc:
+        print(f"error: evaluate: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     matrix = {}
     for ckpt in args.model:
         engine = load_model(ckpt, args.job, device=args.device)
-        evals = [engine.evaluate(SiteSlices(s, engine.structures, engine.preprocess), args.split, hd95=args.hd95,
-                                 progress=True) for s in args.site_dirs]
+        sites = [SiteSlices(s, engine.structures, engine.preprocess) for s in args.site_dirs]
+        evals = [engine.evaluate(s, args.split, hd95=args.hd95, progress=True) for s in sites]
         name = Path(ckpt).stem if len(args.model) > 1 else "evaluation"
         js, md = write_evaluation(evals, out / name, title=f"{Path(ckpt).name} on {args.split}")
         print(md.read_text())
         matrix[Path(ckpt).name] = evals
+        if args.overlays:
+            from .apps.overlay import write_case_overlays
+
+            folder = Path(args.overlays) / (Path(ckpt).stem if len(args.model) > 1 else "")
+            pngs = [p for s in sites for p in write_case_overlays(engine, s, args.split, folder)]
+            print(f"{len(pngs)} overlays (prediction filled, reference dashed): {folder}")
     if len(args.site_dirs) > 1:
         text = "# Cross-modality matrix (mean 3D Dice)\n\n" + cross_modality_matrix(matrix)
         (out / "cross_modality.md").write_text(text)
@@ -97,11 +135,30 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .apps.segment import segment_file
+    from .apps.segment import output_paths, segment_file
 
+    paths = output_paths(args.image, args.out)
     segment_file(args.image, args.model, args.out, modality=args.modality, overlay=args.overlay, device=args.device,
                  job_dir=args.job)
-    print(f"mask: {args.out}" + (f", overlay: {args.overlay}" if args.overlay else ""))
+    for kind, label in (("nifti", "mask"), ("seg", "DICOM SEG")):
+        if kind in paths:
+            print(f"{label}: {paths[kind]}")
+    if args.overlay:
+        print(f"overlay: {args.overlay}")
+    return 0
+
+
+def cmd_export_bundle(args) -> int:
+    from .apps.bundle import export_bundle
+
+    try:
+        out = export_bundle(args.model, args.out, job_dir=args.job, modality=args.modality)
+    except ValueError as exc:
+        print(f"error: export-bundle: {exc}", file=sys.stderr)
+        return 2
+    cfg = (out / "configs" / "inference.json").resolve()
+    print(f"MONAI bundle: {out}\nrun it: python -m monai.bundle run --config_file {cfg} --image IMAGE.nii.gz "
+          f"[--modality CT|MR] [--output_dir DIR]")
     return 0
 
 
@@ -169,24 +226,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="per-volume, per-structure 3D Dice of model(s) on site test splits")
-    s.add_argument("--model", nargs="+", required=True, help="checkpoint(s)")
-    s.add_argument("site_dirs", nargs="+")
+    s.add_argument("--model", nargs="+", required=True, help="checkpoint(s); site folders may come before or after")
+    s.add_argument("site_dirs", nargs="*", help="site folders (with dataset.json)")
     s.add_argument("--split", default="test")
     s.add_argument("--out", default="evaluation")
     s.add_argument("--hd95", action="store_true")
+    s.add_argument("--overlays", metavar="DIR", help="also write one PNG per volume: prediction over the image "
+                                                     "(reference dashed), axial + coronal, radiological view")
     s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("segment", help="segment a NIfTI file or DICOM series; the mask is in the input's geometry")
-    s.add_argument("image")
+    s.add_argument("image", help="NIfTI file or DICOM series folder")
     s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True, help="mask path (.nii.gz)")
+    s.add_argument("--out", required=True, help="mask path: .nii.gz (for a DICOM series also a DICOM SEG beside it, "
+                                                "mask.dcm) or .dcm (DICOM SEG only)")
     s.add_argument("--modality", choices=("CT", "MR"), help="default: the DICOM tag, else guessed from intensities")
-    s.add_argument("--overlay", help="also write a PNG overlay of the mask on the image")
+    s.add_argument("--overlay", help="also write a PNG overlay (axial + coronal, radiological view)")
     s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("export-bundle", help="write the model as a MONAI bundle (metadata.json, inference.json, "
+                                             "weights) that `python -m monai.bundle run` runs with MONAI alone")
+    s.add_argument("--model", required=True, help="checkpoint")
+    s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
+    s.add_argument("--out", required=True, help="bundle folder")
+    s.add_argument("--modality", choices=("CT", "MR"), default="CT",
+                   help="default modality of inference.json (override at run time with --modality)")
+    s.set_defaults(func=cmd_export_bundle)
 
     s = sub.add_parser("demo", help="the main job: phantom data -> FedGIN in nvflare simulator -> evaluation")
     s.add_argument("--workdir", default="demo")

@@ -20,6 +20,7 @@ from ..recipes.spec import load_spec
 from .models import trainer_from_fl_model
 from ..metrics.report import dice_table, write_evaluation
 from .curves import plot_learning_curves, read_tb_scalars
+from .overlay import write_case_overlays
 
 REPO = Path(__file__).resolve().parents[3]
 SITES = ("ct-site", "mr-site")
@@ -79,6 +80,9 @@ def run_demo(args) -> int:
         summary["models"][tag] = {e["site"]: e["summary"] for e in evals}
         rows += [(f"{tag} model on {e['site']} ({e['modality']})", e["summary"]) for e in evals]
         engine.save(results / f"fedgin_{tag}_model.pt", source=str(run_dir / "app_server" / fname))
+        if tag == "best":  # one picture per site (radiological view): prediction filled, reference dashed
+            for site in sites:
+                write_case_overlays(engine, site, "test", results / "overlays", max_cases=1)
     cse = run_dir / "cross_site_val" / "cross_val_results.json"
     if cse.is_file():
         summary["cross_site"] = json.loads(cse.read_text())
@@ -91,7 +95,8 @@ def run_demo(args) -> int:
     md = (f"# FedGIN demo\n\nSites {data} (seed {args.seed}), {spec['num_rounds']} rounds x "
           f"{spec['client_args']['local_epochs']} local epoch(s), sites {', '.join(SITES)}; "
           f"simulator wall time {wall:.0f} s.\n3D Dice on each site's test volumes:\n\n{table}\n"
-          "Per-volume tables: fedgin_final.md, fedgin_best.md. Learning curve: fedgin_curve.png.\n")
+          "Per-volume tables: fedgin_final.md, fedgin_best.md. Learning curve: fedgin_curve.png. "
+          "Pictures of the best model (radiological view): overlays/.\n")
     (results / "fedgin.md").write_text(md)
     (results / "fedgin.json").write_text(json.dumps(summary, indent=2))
     print(md)

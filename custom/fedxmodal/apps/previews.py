@@ -121,24 +121,27 @@ def save_ipa_gallery(
 
 
 def load_middle_axial_slice(path: str, modality: str = "ct") -> np.ndarray:
-    """Middle axial slice of a NIfTI volume, windowed and z-scored, displayed head-up.
+    """Middle axial slice of a NIfTI volume, windowed and z-scored, in radiological view.
 
     CT: window [-125, 275] HU; MR: clip the top 0.5 % of intensities. Then z-score over the slice.
+    Whatever the file's axis order, the slice is shown as radiologists read it: anterior at the top,
+    the patient's right on the image's left (``apps.overlay.view_slice``).
 
     Returns:
-        ``(H, W)`` float32 array.
+        ``(H, W)`` float32 array: H runs anterior -> posterior, W patient's right -> left.
     """
     import nibabel as nib
 
+    from fedxmodal.apps.overlay import view_slice
+
     vol = nib.as_closest_canonical(nib.load(path))
-    data = np.asarray(vol.dataobj[:, :, vol.shape[2] // 2], dtype=np.float32)
+    data = view_slice(np.asarray(vol.dataobj, dtype=np.float32), "axial", vol.shape[2] // 2)
     if modality == "ct":
         data = np.clip(data, -125.0, 275.0)
     else:
         data = np.minimum(data, np.percentile(data, 99.5))
     data = (data - data.mean()) / (data.std() + 1e-8)
-    # RAS array (x, y): rotate so anterior is up and patient's right on the image left.
-    return np.ascontiguousarray(np.rot90(data)).astype(np.float32)
+    return np.ascontiguousarray(data).astype(np.float32)
 
 
 def main(argv=None) -> None:

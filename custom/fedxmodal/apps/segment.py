@@ -1,4 +1,13 @@
-"""``segment``: one NIfTI file or DICOM series in, a mask in the input's own geometry out."""
+"""``segment``: one NIfTI file or DICOM series in; a mask in the input's own geometry out.
+
+Outputs, by the ``out`` path's suffix:
+
+* ``.nii.gz`` / ``.nii``: the NIfTI mask (uint8 class indices, the input's grid and affine); for a
+  DICOM series input also a DICOM SEG beside it (``mask.nii.gz`` -> ``mask.dcm``);
+* ``.dcm``: only the DICOM SEG (the input must be a DICOM series).
+
+``overlay``: a PNG of the mask over the image, radiological view (``apps/overlay.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..data.contract import Case
-from ..data.io import is_dicom_series, load_volume, save_nifti
+from ..data.errors import DataError
+from ..data.io import check_dicom_series, is_dicom_series, load_volume, save_nifti
 from ..data.preprocess import VolumePreprocessor
+from .dicom_seg import Algorithm, file_digest, seg_path_for, write_dicom_seg
 from .models import load_model
+from .overlay import save_overlay
+
+__all__ = ["guess_modality", "output_paths", "segment_file", "save_overlay"]
 
 
 def guess_modality(image_path) -> tuple[str, str]:
@@ -31,10 +46,43 @@ def guess_modality(image_path) -> tuple[str, str]:
         ("MR", "no Hounsfield-like air values")
 
 
+def output_paths(image, out) -> dict[str, Path]:
+    """``{"nifti": path, "seg": path}`` (either may be absent) that ``segment_file`` writes.
+
+    Raises:
+        DataError: an ``out`` suffix other than .nii.gz / .nii / .dcm, or .dcm for a NIfTI input.
+    """
+    out = Path(out)
+    name = out.name.lower()
+    dicom_in = is_dicom_series(image)
+    if name.endswith(".dcm"):
+        if not dicom_in:
+            raise DataError(out, f"a DICOM SEG (.dcm) needs a DICOM series as input, {image} is not one; "
+                                 "write a NIfTI mask (.nii.gz) instead")
+        return {"seg": out}
+    if not name.endswith((".nii.gz", ".nii")):
+        raise DataError(out, "the mask path must end in .nii.gz or .nii (NIfTI) or .dcm (DICOM SEG only)")
+    return {"nifti": out, "seg": seg_path_for(out)} if dicom_in else {"nifti": out}
+
+
 def segment_file(image, model, out, modality: str | None = None, overlay: str | None = None,
                  device: str = "auto", job_dir=None) -> np.ndarray:
-    """Segment ``image`` with checkpoint ``model`` (an NVFlare global model with ``job_dir``);
-    write ``out`` (uint8 class indices, the input's grid and affine). Returns the (X, Y, Z) mask."""
+    """Segment ``image`` (NIfTI file or DICOM series folder) with checkpoint ``model``.
+
+    Args:
+        image: input path.
+        model: a fedxmodal checkpoint, or an NVFlare global model with ``job_dir``.
+        out: mask path; see the module docstring for what each suffix writes.
+        modality: ``"CT"`` / ``"MR"``; default the DICOM tag, else guessed from intensities.
+        overlay: optional PNG path for a radiological overlay (axial + coronal).
+        device: torch device or ``"auto"``.
+        job_dir: the NVFlare job folder when ``model`` is a server-persisted global model.
+
+    Returns:
+        The (X, Y, Z) uint8 mask on the input's grid.
+    """
+    paths = output_paths(image, out)
+    headers = check_dicom_series(image) if "seg" in paths else None
     engine = load_model(model, job_dir, device=device)
     if modality is None:
         modality, why = guess_modality(image)
@@ -42,44 +90,14 @@ def segment_file(image, model, out, modality: str | None = None, overlay: str | 
     pre = VolumePreprocessor(modality, engine.preprocess)
     vol = pre.prepare(Case(image=Path(image), label=None, split="test"))
     mask = engine.predict_volume(vol, pre)
-    save_nifti(mask, vol.original_affine, out, dtype=np.uint8)
+    if "nifti" in paths:
+        save_nifti(mask, vol.original_affine, paths["nifti"], dtype=np.uint8)
+    if "seg" in paths:
+        method = engine.train_config.method
+        algorithm = Algorithm(name=f"fedxmodal {method} 2D U-Net", version=__version__, model_id=file_digest(model),
+                              parameters={"checkpoint": Path(model).name, "method": method, "modality": modality})
+        write_dicom_seg(mask, vol.original_affine, image, paths["seg"], engine.structures, algorithm, headers=headers)
     if overlay:
-        save_overlay(load_volume(image)[0].numpy(), mask, vol.original_affine, overlay, engine.structures)
+        save_overlay(load_volume(image)[0].numpy(), mask, vol.original_affine, overlay, engine.structures,
+                     modality=modality, title=f"{Path(image).name}: {Path(model).name}")
     return mask
-
-
-def save_overlay(image: np.ndarray, mask: np.ndarray, affine, out_png, structures) -> Path:
-    """PNG of the three axial slices with the most foreground, mask outlined, in radiological view."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import nibabel as nib
-
-    canon = nib.as_closest_canonical(nib.Nifti1Image(image.astype(np.float32), affine))
-    canon_mask = nib.as_closest_canonical(nib.Nifti1Image(mask.astype(np.uint8), affine))
-    img, msk = canon.get_fdata(), np.asarray(canon_mask.dataobj)
-    per_slice = (msk > 0).reshape(-1, msk.shape[2]).sum(0)
-    picks = sorted(np.argsort(per_slice)[-3:]) if per_slice.any() else [msk.shape[2] // 2]
-    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 4))
-    axes = np.atleast_1d(axes)
-    lo, hi = np.percentile(img, [1, 99])
-    cmap = plt.get_cmap("tab10")
-    for ax, z in zip(axes, picks):
-        # RAS array -> radiological display: rows anterior at top, patient right on the left.
-        ax.imshow(np.rot90(img[:, :, z]), cmap="gray", vmin=lo, vmax=hi)
-        for c, name in enumerate(structures, start=1):
-            m = np.rot90(msk[:, :, z] == c)
-            if m.any():
-                ax.contour(m, levels=[0.5], colors=[cmap((c - 1) % 10)], linewidths=1.2)
-                ax.plot([], [], color=cmap((c - 1) % 10), label=name)
-        ax.set_title(f"axial slice {z}")
-        ax.axis("off")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out_png

@@ -408,47 +408,15 @@ def write_phantom_federation(out_dir, seed: int = 0, task: str = "abdomen", n_tr
 
 
 def save_preview_png(site_dir, out_png, case: int = 0) -> pathlib.Path:
-    """PNG of training case ``case`` (reoriented to RAS, radiological view: patient right on the image
-    left, anterior up) with label contours: the middle axial slice, two more axial levels and a coronal slice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG of training case ``case`` with its labels (``apps.overlay``: radiological view, patient's right
+    on the image's left, orientation letters, legend): three axial levels and a coronal slice."""
+    from ..apps.overlay import save_overlay
 
     site_dir = pathlib.Path(site_dir)
     ds = json.loads((site_dir / "dataset.json").read_text())
     entry = ds["training"][case]
-    img = nib.as_closest_canonical(nib.load(site_dir / entry["image"]))
-    lab = nib.as_closest_canonical(nib.load(site_dir / entry["label"]))
-    im, lb = np.asarray(img.dataobj, np.float32), np.asarray(lab.dataobj).astype(np.uint8)
-    sx, sy, sz = img.header.get_zooms()[:3]
-    if ds["modality"] == "CT":
-        lo, hi = -160.0, 240.0
-    else:
-        lo, hi = np.percentile(im, [0.5, 99.5])
-    nz = im.shape[2]
-    zs = [nz // 2, int(nz * 0.3), int(nz * 0.7)]
-    yc = int(np.argmax([len(np.unique(lb[:, j])) * lb.size + (lb[:, j] > 0).sum() for j in range(lb.shape[1])]))
-    views = [(im[:, :, k], lb[:, :, k], sy / sx, f"axial z={k}") for k in zs]
-    views.append((im[:, yc, :], lb[:, yc, :], sz / sx, f"coronal y={yc}"))
+    img, lab = nib.load(site_dir / entry["image"]), nib.load(site_dir / entry["label"])
     names = {int(k): v for k, v in ds["labels"].items() if int(k) > 0}
-    colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 10.5))
-    axes = axes.ravel()
-    for ax, (sl_im, sl_lb, aspect, title) in zip(axes, views):
-        ax.imshow(sl_im[::-1, ::-1].T, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-        for k, name in names.items():
-            if (sl_lb == k).any():
-                ax.contour((sl_lb == k)[::-1, ::-1].T.astype(float), levels=[0.5], colors=[colors(k % 10)],
-                           linewidths=1.0)
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    handles = [plt.Line2D([], [], color=colors(k % 10), label=f"{k}:{n}") for k, n in names.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
-    fig.suptitle(f"{ds['name']} ({ds['modality']}) {entry['image']}  [R on image left, A up]", fontsize=10)
-    out_png = pathlib.Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.94, bottom=0.05, wspace=0.02, hspace=0.08)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return save_overlay(np.asarray(img.dataobj, np.float32), np.asarray(lab.dataobj).astype(np.uint8), img.affine,
+                        out_png, names, modality=ds["modality"], axial=3, coronal=1, ncols=2,
+                        title=f"{ds['name']} ({ds['modality']}) {entry['image']}")

@@ -105,7 +105,14 @@ class BaseTrainer:
         return optimizer
 
     def autocast(self):
+        """Mixed precision for training steps."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def inference_autocast(self):
+        """Mixed precision for prediction: CUDA float16 as in training; float32 on CPU, so that
+        evaluations, masks and exported bundles do not depend on whether a CPU has bfloat16."""
+        on_cuda = self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp and on_cuda)
 
     def optimizer_step(self, loss: torch.Tensor, name: str) -> None:
         """Backward ``loss`` and step optimizer ``name`` (gradients scaled under CUDA float16)."""

@@ -121,7 +121,7 @@ class SupervisedTrainer(BaseTrainer):
         out = []
         for i in range(0, images.shape[0], batch_size):
             x = images[i:i + batch_size].to(self.device)
-            with self.autocast():
+            with self.inference_autocast():
                 out.append(torch.softmax(self.method.infer(self.model, x, domain).float(), 1).cpu())
         return torch.cat(out)
 
