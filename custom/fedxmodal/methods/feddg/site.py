@@ -18,9 +18,9 @@ class FedDGSiteParts(SiteParts):
         method = self.trainer.method
 
         def share(_model):
-            amplitudes = method.share_amplitudes(self.train_images).float().contiguous()
-            log.info("[%s] sharing %s %s", self.site_name, AMPLITUDES_KEY, tuple(amplitudes.shape))
-            return FLModel(params={AMPLITUDES_KEY: amplitudes}, params_type=ParamsType.FULL)
+            payload = {AMPLITUDES_KEY: method.share_amplitudes(self.train_images).float().contiguous()}
+            log.info("[%s] sharing %s", self.site_name, {k: tuple(v.shape) for k, v in payload.items()})
+            return FLModel(params=payload, params_type=ParamsType.FULL)
 
         def receive(model):
             n = method.set_bank(model.params[BANK_KEY])
