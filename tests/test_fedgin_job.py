@@ -79,12 +79,12 @@ def test_a_site_with_broken_data_fails_naming_site_and_file(quick_demo, tmp_path
     job_spec = load_spec(REPO / "jobs" / "specs" / "fedgin.json")
     job_spec.update(num_rounds=1, cross_site_eval=False)
     job = export_job(tmp_path / "jobs", job_spec)
-    from fedxmodal.apps.demo import run_simulator
+    from fedxmodal.deploy.simulator import run_simulator
 
     env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(tmp_path / "ck")}
     log = tmp_path / "sim.log"
     try:
-        run_simulator(job, tmp_path / "ws", env, log, 1, timeout=300)
+        run_simulator(job, tmp_path / "ws", env, log, 1, ("ct-site", "mr-site"), timeout=300)
         failed = False
     except RuntimeError:
         failed = True
