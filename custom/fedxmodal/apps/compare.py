@@ -137,7 +137,7 @@ class CompareGrid:
 
     def run_local_or_centralized(self, method, regime, cell_dir: Path) -> dict:
         from ..data.preprocess import PreprocessConfig
-        from ..engine.regimes import train_regime
+        from .regimes import train_regime
 
         train_sites = [regime.split(":", 1)[1]] if regime.startswith("local:") else list(self.sites)
         kind = "local" if regime.startswith("local:") else "centralized"
