@@ -41,7 +41,7 @@ def model_spec():
 
 @pytest.fixture(scope="module")
 def state(model_spec):
-    from fedxmodal.fl.client_loop import instantiate
+    from fedxmodal.utils import instantiate
 
     return {k: v.numpy().copy() for k, v in instantiate(model_spec).state_dict().items()}
 
