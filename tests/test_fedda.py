@@ -291,6 +291,34 @@ def test_guard_refuses_a_cyclic_payload_with_an_undeclared_tensor(tmp_path):
         shared.check("train", _train_result({**weights, DISC_PREFIX + "0.net.0.weight": np.zeros((1, 128, 3, 3), np.float32)}))
 
 
+# ------------------------------------------------------------------ jobs and compare
+@pytest.mark.parametrize("name", ["fedda", "fedda_cyclic"])
+def test_committed_fedda_jobs_are_in_sync(tmp_path, name):
+    """jobs/<name>/ is generated from jobs/specs/<name>.json; if this fails:
+    python -m fedxmodal.recipes.export jobs/specs/<name>.json --export-dir jobs"""
+    from fedxmodal.recipes.export import compare_job_dirs, export_job, load_spec
+
+    fresh = export_job(tmp_path, load_spec(REPO / "jobs" / "specs" / f"{name}.json"))
+    diffs = [d for d in compare_job_dirs(fresh, REPO / "jobs" / name) if "app/custom/" not in d]
+    assert diffs == [], diffs[:20]
+    meta = json.loads((REPO / "jobs" / name / "meta.json").read_text())
+    assert meta["resource_spec"] == {"@default": {"num_of_gpus": 1}}
+    server = json.loads((REPO / "jobs" / name / "app" / "config" / "config_fed_server.json").read_text())
+    payloads = next(w for w in server["workflows"] if w["id"] == "fedavg")["args"].get("site_payloads")
+    assert (payloads is not None) == (name == "fedda_cyclic")
+
+
+def test_compare_cells_of_the_new_methods():
+    from fedxmodal.apps.compare import applicable, grid_cells
+
+    assert [applicable("fedda", r) for r in ("local", "centralized", "federated")] == [False, True, True]
+    assert [applicable("fedda_cyclic", r) for r in ("local", "centralized", "federated")] == [False, False, True]
+    assert [applicable("fedprox", r) for r in ("local", "centralized", "federated")] == [False, False, True]
+    assert grid_cells(["fedda", "none"], ["ct-site", "mr-site"], ("federated",)) == [("fedda", "federated"),
+                                                                                  ("none", "federated")]
+    assert len(grid_cells(["none"], ["ct-site", "mr-site"])) == 4  # local x 2, centralized, federated
+
+
 # ------------------------------------------------------------------ NVFlare simulator (slow)
 @pytest.mark.slow
 def test_cyclic_workflow_in_the_simulator_with_three_sites(tmp_path):
