@@ -24,6 +24,7 @@ BASELINE = "none"  # FedAvg (spatial augmentation only)
 LABELS = {"none": "FedAvg", "gin": "FedAvg + GIN", "fedprox": "FedProx", "dsbn": "FedBN", "fedda": "FedDA joint",
           "fedda_cyclic": "FedDA cyclic", "fedda_gin": "FedDA + GIN"}
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+_ROUND = re.compile(r"round (\d+): train payload")
 
 
 def label(method: str, variant: str) -> str:
@@ -50,33 +51,40 @@ def load(root: Path, task: str) -> dict:
 
 
 def cost(log: Path) -> dict:
-    """Wall seconds per round (round 1 on: round 0 includes start-up) and bytes per site per round
-    (down: the server's payload lines; up: the output guard's accepted train results)."""
+    """Wall seconds per round and bytes per site per round, rounds 1..end (round 0 includes the
+    start-up, and has no peer in cyclic): a round runs from the server's first ``train`` payload
+    of that round to the first of the next (the last: to its last accepted result); down = the
+    server's ``payload_bytes`` per site, up = the output guard's accepted ``train`` results."""
     if not log.is_file():
         return {}
-    starts, end, down, up = [], None, [], []
+    first_send, last_result, down, up = {}, None, [], []
+    rnd = None
     for line in log.read_text(errors="replace").splitlines():
         m = _TS.match(line)
         t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if m else None
-        if "Round " in line and " started." in line and t:
-            starts.append(t)
-        elif "Finished FedAvg." in line and t:
-            end = t
-        elif " train payload" in line and "payload_bytes=" in line:
-            down.append(int(line.rsplit("payload_bytes=", 1)[1].split()[0]))
-        elif "output guard: train result of" in line and "payload_bytes=" in line:
-            up.append(int(line.rsplit("payload_bytes=", 1)[1].split()[0]))
-    times = [b - a for a, b in zip(starts, starts[1:] + ([end] if end else []))][1:]
+        r = _ROUND.search(line)
+        if r and " train payload" in line and "payload_bytes=" in line and t:
+            rnd = int(r.group(1))
+            first_send.setdefault(rnd, t)
+            if rnd >= 1:
+                down.append(int(line.rsplit("payload_bytes=", 1)[1].split()[0]))
+        elif "output guard: train result of" in line and "payload_bytes=" in line and t:
+            last_result = t
+            if rnd is not None and rnd >= 1:
+                up.append(int(line.rsplit("payload_bytes=", 1)[1].split()[0]))
+    rounds = sorted(first_send)
+    ends = [first_send[r] for r in rounds[1:]] + ([last_result] if last_result else [])
+    times = [e - first_send[r] for r, e in zip(rounds, ends) if r >= 1]
     return {"s_per_round": statistics.mean(times) if times else None,
             "down_bytes": statistics.mean(down) if down else None, "up_bytes": statistics.mean(up) if up else None}
 
 
-def ms(values) -> str:
+def ms(values, fmt: str = ".3f") -> str:
     values = [v for v in values if v is not None and v == v]
     if not values:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    return f"{statistics.mean(values):{fmt}} ± {sd:{fmt}}"
 
 
 def stats(values):
@@ -109,12 +117,13 @@ def dice_tables(runs: dict) -> str:
 
 
 def cost_table(runs: dict) -> str:
-    out = ["\n#### Cost per round (rounds 1..end; bytes per site, the output guard's and the server's payload counts)\n",
+    out = ["\n#### Cost per round (rounds 1..end, mean ± sd over seeds; bytes per site: the server's and the output "
+           "guard's payload counts)\n",
            "| method | s per round | KiB down per site | KiB up per site |", "|---|---|---|---|"]
     for (variant, method), cells in sorted(runs.items()):
         c = [x["cost"] for x in cells if x.get("cost")]
-        kib = lambda k: ms([x[k] / 1024 if x.get(k) else None for x in c]).replace(".000", "")  # noqa: E731
-        out.append(f"| {label(method, variant)} | {ms([x.get('s_per_round') for x in c])} | {kib('down_bytes')} | "
+        kib = lambda k: ms([x[k] / 1024 if x.get(k) else None for x in c], ".0f")  # noqa: E731
+        out.append(f"| {label(method, variant)} | {ms([x.get('s_per_round') for x in c], '.1f')} | {kib('down_bytes')} | "
                    f"{kib('up_bytes')} |")
     return "\n".join(out)
 
