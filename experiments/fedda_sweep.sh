@@ -20,6 +20,7 @@ for task in $TASKS; do
     for w in $WEIGHTS; do
       "$PY" -m fedxmodal compare --data "$OUT/$task/data" --task "$task" $Q --regimes federated --seed "$seed" \
         --methods fedda --method-args "{\"fedda\": {\"adv_weight\": $w}}" --out "$OUT/$task/seed$seed/w$w"
+      "$PY" experiments/fedda_probes.py --data "$OUT/$task/data" "$OUT/$task/seed$seed/w$w" ${PROBE_STEPS:+--steps $PROBE_STEPS}
     done
   done
 done

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,8 +250,6 @@ def test_fedprox_uses_nvflares_contract_and_loss():
 
 # ------------------------------------------------------------------ the output guard of the jobs
 def _job_guard(spec_name, tmp_path, **method_args):
-    from nvflare.apis.dxo import DXO, DataKind  # noqa: F401
-
     from fedxmodal.recipes.export import export_job, load_spec
     from fedxmodal.utils import instantiate
 

@@ -138,7 +138,7 @@ class AdversarialTrainer(SupervisedTrainer):
         """(reference features per tap, or None; per-row label of the local features: 0, or 1 for
         the 'reference' domains) for the mode of this step (module doc)."""
         if self.reference is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 ref = encoder_features(self.reference, model_input.detach(), aux=len(self.taps) > 1)
             return ref, torch.zeros(len(feats[0]), device=self.device)
         if domains is not None and domains.unique().numel() > 1:

@@ -54,7 +54,9 @@ class FedDAMethod(PlainMethod):
     """FedDA-joint. Method args: ``adv_weight`` (lambda_max, default 1e-3), ``ramp``
     (``sigmoid``/``constant``), ``aux_tap`` / ``aux_ratio`` (second, shallower tap at 0.2x),
     ``d_lr``, ``d_betas``, ``d_width`` (the discriminator), ``share_discriminator`` (average D
-    across sites instead of keeping it local)."""
+    across sites instead of keeping it local; needs ``params_transfer_type: FULL``, the default:
+    with DIFF the Client API sends differences only for keys it received, and round 0's payload
+    holds no discriminator yet)."""
 
     name = "fedda"
     label = "FedDA joint"
