@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedxmodal.apps.compare import method_label
+from fedxmodal.apps.grid import method_label
 from fedxmodal.methods import METHODS
 
 

@@ -131,7 +131,7 @@ def test_only_a_methods_site_and_server_modules_import_nvflare():
     for cls in METHODS.values():
         parts = cls.server_parts(2)
         paths = [cls.site_parts] + [w["path"] for w in parts.pre_workflows] + \
-                ([parts.aggregator["path"]] if parts.aggregator else [])
+                [p["path"] for p in (parts.aggregator, parts.site_payloads) if p]
         declared |= {p.rpartition(".")[0] for p in paths if p}
     importing = {m for m, t in GRAPH.items() if _layer(m) == "methods" and any(x.split(".")[0] == "nvflare" for x in t)}
     assert importing and importing <= declared, importing - declared

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fedxmodal.data.phantom import SITE_LABELS, save_preview_png, write_phantom_federation
+from fedxmodal.apps.previews import save_preview_png
+from fedxmodal.data.phantom import SITE_LABELS, write_phantom_federation
 from fedxmodal.data.phantom import generate_case as _generate_case
 from fedxmodal.data.phantom_render import TISSUES, bias_field
 

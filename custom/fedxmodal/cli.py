@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="small budget (and small phantom): ~10 min on 2 cores")
     s.add_argument("--out", help="results folder (default: DATA/../compare-TASK[-quick])")
     s.add_argument("--methods", nargs="+", help="subset of methods (default: all)")
+    s.add_argument("--regimes", nargs="+", choices=("local", "centralized", "federated"),
+                   help="subset of regimes (default: all)")
+    s.add_argument("--method-args", help='JSON: arguments per method, e.g. \'{"fedda": {"adv_weight": 0.003}}\'')
     s.add_argument("--seed", type=int, default=0, help="one seed (and the phantom's seed)")
     s.add_argument("--seeds", type=int, nargs="+", help="several seeds: the grid per seed in OUT/seed<k>/, then "
                                                          "mean +- sd per cell and differences vs the seed spread")

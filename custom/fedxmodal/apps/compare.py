@@ -9,7 +9,11 @@ final global model in NVFlare's cross-site evaluation (aggregate metrics only, a
 federation; FedBN sites use their own BatchNorm there).
 
 Cells that a method cannot have (not in its ``regimes``) are marked n/a instead of run: FedDG
-amplitude exchange and DSBN need at least two domains, so they have no local cell.
+amplitude exchange and DSBN need at least two domains, so they have no local cell; FedDA's
+reference is the federation's model (joint: centralized = the pooled domains aligned with each
+other; cyclic: federated only); FedProx's proximal term needs a received global model (federated
+only). ``--regimes`` runs a subset of the regimes (e.g. only ``federated``), ``--method-args``
+gives methods their arguments (``{"fedda": {"adv_weight": 0.003}}``).
 
 Every finished cell is a JSON file under ``<out>/results/``; a rerun skips them (resume), and
 refuses to mix cells of a different grid (budget, seed, task, sites) into the same folder.
@@ -37,6 +41,8 @@ from ..networks.unet import config_from_job_model
 from ..recipes.export import export_job
 from ..recipes.spec import load_spec
 from .demo import REPO
+from .grid import REGIMES, applicable, cell_name, grid_cells, method_label, regime_label
+
 # Per cell: local/centralized train `rounds * local_epochs` epochs, federated `rounds` x `local_epochs`.
 BUDGETS = {"default": {"rounds": 12, "local_epochs": 1},
            "quick": {"rounds": 2, "local_epochs": 1}}
@@ -49,23 +55,6 @@ QUICK_PHANTOM = {"n_train": 2, "n_val": 1, "n_test": 1}
 
 def discover_sites(data: Path) -> list[str]:
     return sorted(p.name for p in data.iterdir() if (p / "dataset.json").is_file()) if data.is_dir() else []
-
-
-def grid_cells(methods, sites) -> list[tuple[str, str]]:
-    regimes = [f"local:{s}" for s in sites] + ["centralized", "federated"]
-    return [(m, r) for m in methods for r in regimes]
-
-
-def applicable(method: str, regime: str) -> bool:
-    return regime.split(":", 1)[0] in method_class(method).regimes
-
-
-def method_label(method: str) -> str:
-    return METHODS[method].label if method in METHODS else method
-
-
-def cell_name(method: str, regime: str) -> str:
-    return f"{method}__{regime.replace(':', '-')}"
 
 
 def federated_spec(base: dict, method: str, *, sites, structures, rounds: int, local_epochs: int, seed: int,
@@ -95,8 +84,10 @@ def _summary_from_metrics(metrics: dict, structures) -> dict:
 
 class CompareGrid:
     def __init__(self, data: Path, out: Path, task: str, quick: bool, seed: int = 0, methods=None,
-                 device: str = "auto"):
+                 device: str = "auto", regimes=None, method_args: dict | None = None):
         self.data, self.out, self.task, self.quick, self.seed, self.device = data, out, task, quick, seed, device
+        self.regimes = tuple(regimes or REGIMES)
+        self.method_args = dict(method_args or {})
         self.structures = TASK_STRUCTURES[task]
         self.budget = BUDGETS["quick" if quick else "default"]
         self.methods = tuple(methods or METHODS)
@@ -110,6 +101,8 @@ class CompareGrid:
                                                          if k != "method_args"}, **GRID_TRAIN},
                        "model": {k: v for k, v in self.base_spec["model"]["args"].items() if k != "init_seed"},
                        "preprocess": self.base_spec["client_args"]["preprocess"]}
+        if self.method_args:  # (only when given: a grid without them keeps its digest)
+            self.config["method_args"] = self.method_args
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def check_config(self) -> None:
@@ -129,7 +122,8 @@ class CompareGrid:
     # ---- cells -----------------------------------------------------------------------------
     def _train_config(self, method) -> TrainConfig:
         train = dict(self.config["train"])
-        return TrainConfig.from_dict({**train, "method": method, "method_args": {}, "seed": self.seed})
+        return TrainConfig.from_dict({**train, "method": method, "method_args": self.method_args.get(method, {}),
+                                      "seed": self.seed})
 
     def _network(self, method, regime, n_domains):
         return dataclasses.replace(config_from_job_model({"args": self.config["model"]}),
@@ -153,7 +147,8 @@ class CompareGrid:
 
     def run_federated(self, method, cell_dir: Path) -> dict:
         spec = federated_spec(self.base_spec, method, sites=self.sites, structures=self.structures,
-                              rounds=self.budget["rounds"], local_epochs=self.budget["local_epochs"], seed=self.seed)
+                              rounds=self.budget["rounds"], local_epochs=self.budget["local_epochs"], seed=self.seed,
+                              method_args=self.method_args.get(method, {}))
         spec["client_args"]["train"].update(self.config["train"])
         job = export_job(cell_dir / "job", spec)
         workspace = cell_dir / "workspace"
@@ -187,7 +182,7 @@ class CompareGrid:
         if len(self.sites) < 2:
             raise SystemExit(f"{self.data}: the grid needs at least two site folders (found {self.sites})")
         self.check_config()
-        cells = grid_cells(self.methods, self.sites)
+        cells = grid_cells(self.methods, self.sites, self.regimes)
         todo = [(m, r) for m, r in cells if applicable(m, r)]
         print(f"compare: task {self.task}, sites {', '.join(self.sites)}, {len(todo)} cells "
               f"({len(cells) - len(todo)} n/a), budget {self.budget['rounds']} rounds x "
@@ -224,7 +219,7 @@ class CompareGrid:
     # ---- report ----------------------------------------------------------------------------
     def load_cells(self) -> dict:
         cells = {}
-        for m, r in grid_cells(self.methods, self.sites):
+        for m, r in grid_cells(self.methods, self.sites, self.regimes):
             p = self.cell_path(m, r)
             if p.is_file():
                 cells[(m, r)] = json.loads(p.read_text())
@@ -233,7 +228,7 @@ class CompareGrid:
     def report(self) -> dict:
         cells = self.load_cells()
         modality = {s: json.loads((self.data / s / "dataset.json").read_text()).get("modality", s) for s in self.sites}
-        md = render_table(cells, self.methods, self.sites, modality, self.structures)
+        md = render_table(cells, self.methods, self.sites, modality, self.structures, self.regimes)
         ratios = fed_central_ratios(cells, self.methods, self.sites)
         md += "\n" + render_ratios(ratios, self.sites, modality)
         header = (f"# Comparison grid ({self.task}, {'quick' if self.quick else 'default'} budget)\n\n"
@@ -254,18 +249,11 @@ class CompareGrid:
         return summary
 
 
-def regime_label(regime: str, modality: dict) -> str:
-    if regime.startswith("local:"):
-        site = regime.split(":", 1)[1]
-        return f"local {modality.get(site, site)} only"
-    return regime
-
-
-def render_table(cells, methods, sites, modality, structures) -> str:
+def render_table(cells, methods, sites, modality, structures, regimes=REGIMES) -> str:
     cols = [f"{modality[s]} {k}" for s in sites for k in (*structures, "mean")]
     head = "| method | regime | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols) + "\n"
     rows = []
-    for m, r in grid_cells(methods, sites):
+    for m, r in grid_cells(methods, sites, regimes):
         name = f"| {method_label(m)} | {regime_label(r, modality)} | "
         if not applicable(m, r):
             rows.append(name + " | ".join(["n/a"] * len(cols)) + " |\n")
@@ -345,19 +333,21 @@ def run_compare(args) -> int:
         if not report.ok:
             print(report.render(), file=sys.stderr)
             return 1
+    method_args = json.loads(args.method_args) if getattr(args, "method_args", None) else None
+    options = dict(methods=args.methods, device=args.device, regimes=getattr(args, "regimes", None),
+                   method_args=method_args)
     seeds = list(dict.fromkeys(args.seeds)) if getattr(args, "seeds", None) else None
     if not seeds:
-        CompareGrid(data, out, args.task, args.quick, seed=args.seed, methods=args.methods, device=args.device).run()
+        CompareGrid(data, out, args.task, args.quick, seed=args.seed, **options).run()
         return 0
     from .compare_seeds import seed_dir, summarize_seeds
 
     for i, seed in enumerate(seeds, 1):
         print(f"== seed {seed} ({i}/{len(seeds)})", flush=True)
-        grid = CompareGrid(data, seed_dir(out, seed), args.task, args.quick, seed=seed, methods=args.methods,
-                           device=args.device)
+        grid = CompareGrid(data, seed_dir(out, seed), args.task, args.quick, seed=seed, **options)
         grid.run()
     modality = {s: json.loads((data / s / "dataset.json").read_text()).get("modality", s) for s in grid.sites}
-    summary = summarize_seeds(out, seeds, grid.methods, grid.sites, modality)
+    summary = summarize_seeds(out, seeds, grid.methods, grid.sites, modality, grid.regimes)
     print(summary["markdown"])
     print(f"over seeds: {out / 'compare_seeds.md'}, {out / 'compare_seeds.json'}")
     return 0

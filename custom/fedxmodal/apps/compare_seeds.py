@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics.report import _fmt
-from .compare import applicable, cell_name, grid_cells, method_label, regime_label
+from .grid import REGIMES, applicable, cell_name, grid_cells, method_label, regime_label
 
 BASELINE = "none"
 
@@ -40,10 +40,10 @@ def exceeds_spread(a: tuple, b: tuple) -> bool | None:
     return abs(a[0] - b[0]) > a[1] + b[1]
 
 
-def summarize_seeds(out: Path, seeds, methods, sites, modality: dict) -> dict:
+def summarize_seeds(out: Path, seeds, methods, sites, modality: dict, regimes=REGIMES) -> dict:
     """Read every seed's cell JSONs; write ``compare_seeds.md`` / ``.json`` in ``out``."""
     stats = {}
-    for m, r in grid_cells(methods, sites):
+    for m, r in grid_cells(methods, sites, regimes):
         if not applicable(m, r):
             continue
         per_site = {}

@@ -1,4 +1,5 @@
-"""Preview images of the intensity augmentations for the docs (GIN draws, GIN-IPA views).
+"""Preview images for the docs and users: the intensity augmentations (GIN draws, GIN-IPA views)
+and a phantom site's training case with its labels (:func:`save_preview_png`).
 
     python -m fedxmodal.apps.previews --image ct.nii.gz --out gin_preview.png [--ipa ipa.png]
 
@@ -9,15 +10,20 @@ clip the top 0.5 %) and a z-score, and writes a grid of GIN draws.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 from typing import Optional, Union
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from fedxmodal.transforms.gin import GINAugment, GINIPAAugment
 
-__all__ = ["save_gin_gallery", "save_ipa_gallery", "load_middle_axial_slice"]
+from .overlay import save_overlay
+
+__all__ = ["save_gin_gallery", "save_ipa_gallery", "load_middle_axial_slice", "save_preview_png"]
 
 
 def _as_image_tensor(image_2d: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
@@ -142,6 +148,18 @@ def load_middle_axial_slice(path: str, modality: str = "ct") -> np.ndarray:
         data = np.minimum(data, np.percentile(data, 99.5))
     data = (data - data.mean()) / (data.std() + 1e-8)
     return np.ascontiguousarray(data).astype(np.float32)
+
+def save_preview_png(site_dir, out_png, case: int = 0) -> Path:
+    """PNG of training case ``case`` with its labels (radiological view, patient's right
+    on the image's left, orientation letters, legend): three axial levels and a coronal slice."""
+    site_dir = Path(site_dir)
+    ds = json.loads((site_dir / "dataset.json").read_text())
+    entry = ds["training"][case]
+    img, lab = nib.load(site_dir / entry["image"]), nib.load(site_dir / entry["label"])
+    names = {int(k): v for k, v in ds["labels"].items() if int(k) > 0}
+    return save_overlay(np.asarray(img.dataobj, np.float32), np.asarray(lab.dataobj).astype(np.uint8), img.affine,
+                        out_png, names, modality=ds["modality"], axial=3, coronal=1, ncols=2,
+                        title=f"{ds['name']} ({ds['modality']}) {entry['image']}")
 
 
 def main(argv=None) -> None:

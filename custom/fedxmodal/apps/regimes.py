@@ -58,6 +58,7 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
     trainer = build_trainer(structures, network, train, preprocess, device=device, writer=writer,
                            domains=[s.name for s in sites])
     trainer.method.prepare([p[0] for p in pooled])
+    trainer.plan(epochs)  # the whole run's length, for schedules (FedDA's adversarial ramp)
     log.info("%s training on %s: %d slices, %d epochs", regime, [s.name for s in sites], len(images), epochs)
     history, best, t0 = [], -1.0, time.perf_counter()
     for epoch in range(1, epochs + 1):

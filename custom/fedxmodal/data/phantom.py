@@ -405,18 +405,3 @@ def write_phantom_federation(out_dir, seed: int = 0, task: str = "abdomen", n_tr
             (site_dir / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
             result[site_name] = site_dir
     return result
-
-
-def save_preview_png(site_dir, out_png, case: int = 0) -> pathlib.Path:
-    """PNG of training case ``case`` with its labels (``apps.overlay``: radiological view, patient's right
-    on the image's left, orientation letters, legend): three axial levels and a coronal slice."""
-    from ..apps.overlay import save_overlay
-
-    site_dir = pathlib.Path(site_dir)
-    ds = json.loads((site_dir / "dataset.json").read_text())
-    entry = ds["training"][case]
-    img, lab = nib.load(site_dir / entry["image"]), nib.load(site_dir / entry["label"])
-    names = {int(k): v for k, v in ds["labels"].items() if int(k) > 0}
-    return save_overlay(np.asarray(img.dataobj, np.float32), np.asarray(lab.dataobj).astype(np.uint8), img.affine,
-                        out_png, names, modality=ds["modality"], axial=3, coronal=1, ncols=2,
-                        title=f"{ds['name']} ({ds['modality']}) {entry['image']}")

@@ -3,7 +3,8 @@ named optimizers, step logging, epoch batching, weights for the federation, chec
 
 Trainers by training style sit beside each other on top of :class:`BaseTrainer`, as MONAI's
 ``SupervisedTrainer``, ``GanTrainer`` and ``AdversarialTrainer`` do: :mod:`.supervised` (one
-network, one loss per step, a method's loss). The engine imports no NVFlare and names no method:
+network, one loss per step, a method's loss) and :mod:`.adversarial` (the segmentation network and
+a feature discriminator, alternating steps). The engine imports no NVFlare and names no method:
 a trainer is given its method object.
 """
 
@@ -97,7 +98,22 @@ class BaseTrainer:
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self.global_step = 0
         self.epochs_done = 0
+        self.planned_epochs: int | None = None  # the whole run's epochs, for schedules (None: unknown)
         self.meta: dict = {}
+
+    def plan(self, planned_epochs: int | None, epochs_done: int | None = None) -> None:
+        """Tell the trainer how many epochs the whole run trains (and, federated, how many came
+        before this process's next ``fit``: round x local epochs), for schedules such as a ramp."""
+        self.planned_epochs = int(planned_epochs) if planned_epochs else None
+        if epochs_done is not None:
+            self.epochs_done = int(epochs_done)
+
+    def progress(self, batch: int = 0, n_batches: int = 1) -> float:
+        """Training progress in [0, 1] at ``batch`` of ``n_batches`` of the current epoch; 1.0 when
+        the run's length is unknown (see :meth:`plan`)."""
+        if not self.planned_epochs:
+            return 1.0
+        return min(1.0, max(0.0, (self.epochs_done + batch / max(n_batches, 1)) / self.planned_epochs))
 
     def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         self.optimizers[name] = optimizer

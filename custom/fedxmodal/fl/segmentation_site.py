@@ -27,11 +27,12 @@ from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
 from fedxmodal.engine.supervised import TrainConfig  # noqa: E402
 from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client  # noqa: E402
-from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
+from fedxmodal.fl.site_config import find_site_workspace, resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_METHOD, build_trainer, method_class  # noqa: E402
 from fedxmodal.networks.unet import config_from_job_model  # noqa: E402
 
 log = logging.getLogger("fedxmodal.site")
+ENV_SITE_STATE_DIR = "FEDXMODAL_SITE_STATE_DIR"
 DEFAULTS = {"local_epochs": 1, "method": DEFAULT_METHOD, "seed": 0, "num_threads": 1, "poll_interval": None,
             "key_metric": "dice", "model": {"args": {}}, "preprocess": {}, "train": {}, "device": "auto"}
 
@@ -65,16 +66,22 @@ def main(argv=None) -> None:
         raise RuntimeError(f"site {site.site_name}: bad data: {exc}") from None
     trainer = build_trainer(structures, network, train_cfg, preprocess, device=args["device"], writer=site.writer)
     trainer.method.prepare([images])
-    parts = method_class(train_cfg.method).build_site_parts(trainer, images, site.site_name)
+    parts = method_class(train_cfg.method).build_site_parts(trainer, images, site.site_name,
+                                                            state_dir=site_state_dir())
     get_weights, set_weights = parts.weight_access()
     log.info("[%s] %s: %d training slices, method %s, device %s", site.site_name, data.modality,
              len(images), train_cfg.method, trainer.device)
 
     def train(info):
-        res = trainer.fit(images, labels, epochs=int(args["local_epochs"]),
-                          desc=f"{site.site_name} round {info.current_round}", progress=False,
-                          should_stop=info.should_stop)
-        return {"loss": res["loss"], "slices_per_s": res["n_slices"] * args["local_epochs"] / max(res["seconds"], 1e-9)}
+        epochs = int(args["local_epochs"])
+        # the whole job's epochs, for schedules (FedDA's adversarial ramp)
+        trainer.plan((info.total_rounds or 0) * epochs, epochs_done=info.current_round * epochs)
+        parts.before_training(info)
+        res = trainer.fit(images, labels, epochs=epochs, desc=f"{site.site_name} round {info.current_round}",
+                          progress=False, should_stop=info.should_stop)
+        extra = parts.after_training(info, res)
+        return {"loss": res["loss"], "slices_per_s": res["n_slices"] * epochs / max(res["seconds"], 1e-9),
+                "seconds": res["seconds"], **extra}
 
     run_client(
         train_fn=train,
@@ -86,7 +93,19 @@ def main(argv=None) -> None:
         key_metric=args["key_metric"],
         site=site,
         task_handlers=parts.task_handlers(),
+        on_task=parts.on_task,
     )
+
+
+def site_state_dir():
+    """A folder at the site that outlives a run, for state a method keeps across rounds (FedDA's
+    discriminator): ``$FEDXMODAL_SITE_STATE_DIR``, else ``<site workspace>/fedxmodal_site_state``,
+    else None (the simulator wipes its workspace: set the variable there to resume)."""
+    env = os.environ.get(ENV_SITE_STATE_DIR)
+    if env:
+        return os.path.expanduser(env)
+    workspace = find_site_workspace()
+    return str(workspace / "fedxmodal_site_state") if workspace else None
 
 
 if __name__ == "__main__":

@@ -268,9 +268,12 @@ class ResumableFedAvg(FedAvg):
         aggregation_weights: Optional[Dict[str, float]] = None,
         ignore_result_error: Optional[bool] = None,
         aggregator=None,
+        fedprox_mu: Optional[float] = None,
+        site_payloads=None,
     ):
         """NVFlare's FedAvg (weighted by NUM_STEPS_CURRENT_ROUND, model persisted every round)
-        that continues an interrupted run from the persistor's checkpoint (see module doc).
+        that continues an interrupted run from the persistor's checkpoint (see module doc), and
+        optionally sends every site its own payload in a round (``site_payloads``).
 
         Args:
             num_clients: sites sampled per round; None: every connected site, every round.
@@ -281,6 +284,14 @@ class ResumableFedAvg(FedAvg):
             aggregator: a ModelAggregator (e.g. fedxmodal.methods.dsbn.aggregator.FedBNAggregator) instead of
                 the built-in weighted average. An aggregate that covers only some tensors updates
                 only those; the global model keeps the rest (FedBN's site-local BatchNorm).
+            fedprox_mu: NVFlare's FedProx contract: the coefficient sent to the sites in the model's
+                meta (``fedprox_mu``), read there with ``nvflare.app_common.utils.fedprox_utils``.
+            site_payloads: an object (a method's server part, e.g.
+                ``fedxmodal.methods.fedda.workflow.FedDAPayloads``) that turns the round's global
+                model into one payload per site (``payloads(round, sites, model) -> {site: FLModel}``),
+                sees every result before it is aggregated (``accept(result) -> result``: it may take
+                entries out) and the new global model after each round (``round_done(round, model)``).
+                The sites still train in parallel; the round's error policy is FedAvg's.
         """
         super().__init__(
             num_clients=num_clients,
@@ -291,8 +302,10 @@ class ResumableFedAvg(FedAvg):
             aggregation_weights=aggregation_weights,
             ignore_result_error=ignore_result_error,
             aggregator=aggregator,
+            fedprox_mu=fedprox_mu,
         )
         self.ignore_result_error = ignore_result_error
+        self.site_payloads = site_payloads
         self._total_rounds = num_rounds
 
     def load_model(self) -> FLModel:
@@ -309,16 +322,38 @@ class ResumableFedAvg(FedAvg):
     def update_model(self, model, aggr_result):
         if aggr_result.params_type == ParamsType.FULL and model.params and aggr_result.params:
             aggr_result.params = merge_partial_update(model.params, aggr_result.params)
-        return super().update_model(model, aggr_result)
+        model = super().update_model(model, aggr_result)
+        if self.site_payloads is not None:
+            self.site_payloads.round_done(self.current_round, model)
+        return model
 
     def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None):
         if data is not None:
             data.total_rounds = self._total_rounds  # FedAvg.run() sets the rounds *left*
-        super().send_model(
-            task_name=task_name,
-            data=data,
-            targets=targets,
-            min_responses=min_responses,
-            timeout=timeout,
-            callback=callback,
-        )
+        if self.site_payloads is None or task_name != self.task_name or data is None or callback is None:
+            if data is not None and data.params:
+                self.info(f"round {self.current_round}: {task_name} payload_bytes={_params_bytes(data.params)} per site")
+            return super().send_model(task_name=task_name, data=data, targets=targets, min_responses=min_responses,
+                                      timeout=timeout, callback=callback)
+        sites = [getattr(t, "name", t) for t in (targets or self.sample_clients(self.num_clients))]
+        payloads = self.site_payloads.payloads(self.current_round, sites, data)
+
+        def accept_then(result):
+            return callback(self.site_payloads.accept(result))
+
+        failed = set()
+        for site in sites:
+            payload = payloads[site]
+            payload.total_rounds = self._total_rounds
+            self.info(f"round {self.current_round}: {task_name} payload to {site}: "
+                      f"payload_bytes={_params_bytes(payload.params)}")
+            super().send_model(task_name=task_name, data=payload, targets=[site], timeout=timeout, callback=accept_then)
+            failed |= self._current_failed_clients  # each send resets the controller's per-task state
+        # the round's error policy counts all its sites, as one broadcast would
+        self._current_min_responses = min_responses or len(sites)
+        self._current_num_targets = len(sites)
+        self._current_failed_clients = failed
+
+
+def _params_bytes(params) -> int:
+    return int(sum(getattr(v, "nbytes", 0) for v in (params or {}).values()))

@@ -14,7 +14,9 @@ from .base import PlainMethod
 from .butterworth import ButterworthHighPassMethod
 from .dsbn import DSBNMethod
 from .dualnorm import DualNormMethod
+from .fedda import FedDACyclicMethod, FedDAGINMethod, FedDAMethod
 from .feddg import FedDGAmplitudeMethod
+from .fedprox import FedProxMethod
 from .gin import GINIPAMethod, GINMethod
 from .randconv import RandConvMethod
 
@@ -28,6 +30,10 @@ METHODS = {m.name: m for m in (
     DualNormMethod,
     GINMethod,
     GINIPAMethod,
+    FedProxMethod,
+    FedDAMethod,
+    FedDACyclicMethod,
+    FedDAGINMethod,
 )}
 
 

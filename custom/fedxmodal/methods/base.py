@@ -10,8 +10,9 @@ A method owns every piece of itself (one module, or a package with its NVFlare p
 * what its network needs per regime (``network_overrides``) and which regimes apply (``regimes``);
 * what its sites send beyond weights and metrics (``guard_declarations``, for the output guard);
 * its federated parts, as dotted paths into its own package, loaded only inside NVFlare:
-  ``site_parts`` (a :class:`SiteParts` subclass: which weights a site shares, its own tasks) and
-  ``server_parts()`` (server workflows run before FedAvg, an aggregator replacing FedAvg's average).
+  ``site_parts`` (a :class:`SiteParts` subclass: which weights a site shares, its own tasks, what
+  it does around a round) and ``server_parts()`` (server workflows run before FedAvg, an
+  aggregator replacing FedAvg's average, per-site payloads, further FedAvg arguments).
 
 The trainer owns the loop, the optimizer, devices, AMP, logging and evaluation; methods never copy
 those. Register a new method with one line in ``fedxmodal.methods.METHODS``.
@@ -19,7 +20,7 @@ those. Register a new method with one line in ``fedxmodal.methods.METHODS``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +34,10 @@ class ServerParts:
 
     pre_workflows: tuple = ()  # ModelControllers run before FedAvg (FedDG's amplitude exchange)
     aggregator: dict | None = None  # a ModelAggregator replacing FedAvg's weighted average (FedBN)
+    # One payload per site per round (FedDA-cyclic's peer weights): an object composed into
+    # fedxmodal.fl.server.ResumableFedAvg (its `site_payloads` argument documents the protocol).
+    site_payloads: dict | None = None
+    fedavg_args: dict = field(default_factory=dict)  # further FedAvg arguments (FedProx: fedprox_mu)
 
 
 class SiteParts:
@@ -44,12 +49,15 @@ class SiteParts:
         trainer: the site's trainer (``get_weights`` / ``set_weights``, ``model``, ``method``).
         train_images: (N, 1, H, W) the site's training slices (they never leave the site).
         site_name: the site's NVFlare name (for logs).
+        state_dir: a folder at the site that outlives a run, for state a method keeps across
+            rounds (None: keep nothing on disk).
     """
 
-    def __init__(self, trainer, train_images: torch.Tensor, site_name: str):
+    def __init__(self, trainer, train_images: torch.Tensor, site_name: str, state_dir=None):
         self.trainer = trainer
         self.train_images = train_images
         self.site_name = site_name
+        self.state_dir = state_dir
 
     def weight_access(self):
         """(get_weights, set_weights): what the site sends and how it loads what it receives."""
@@ -57,6 +65,18 @@ class SiteParts:
 
     def task_handlers(self) -> dict:
         """``{task_name: fn(FLModel) -> FLModel}`` for the method's own NVFlare tasks."""
+        return {}
+
+    def on_task(self, task_name: str, fl_model) -> None:
+        """Every received task's FLModel, before its weights are loaded: a method takes (and
+        removes) what it receives beyond the model's weights here."""
+
+    def before_training(self, info) -> None:
+        """Before a round's local training (``info``: the round, ``fedxmodal.fl.client_loop.RoundInfo``)."""
+
+    def after_training(self, info, fit_result: dict) -> dict:
+        """After a round's local training; returns extra training metrics (scalars, TensorBoard
+        ``train/<name>``; they stay at the site's TensorBoard stream)."""
         return {}
 
 
@@ -75,21 +95,22 @@ class PlainMethod:
         return {}
 
     @classmethod
-    def guard_declarations(cls, image_size: int, method_args: dict | None = None) -> dict:
+    def guard_declarations(cls, image_size: int, method_args: dict | None = None, model: dict | None = None) -> dict:
         """What this method's sites send beyond weights and metrics, declared to the output guard
-        (``fedxmodal.fl.guard.OutputGuard`` arguments ``extra_tasks`` and ``metrics``)."""
+        (``fedxmodal.fl.guard.OutputGuard`` arguments ``extra_tasks``, ``metrics`` and
+        ``expected_shapes``; ``model``: the job's model spec)."""
         return {}
 
     @classmethod
-    def server_parts(cls, min_clients: int) -> ServerParts:
+    def server_parts(cls, min_clients: int, method_args: dict | None = None) -> ServerParts:
         """What a federated job of this method adds on the server (``min_clients``: the sites the
-        job requires)."""
+        job requires; ``method_args``: the job's method arguments)."""
         return ServerParts()
 
     @classmethod
-    def build_site_parts(cls, trainer, train_images, site_name) -> SiteParts:
+    def build_site_parts(cls, trainer, train_images, site_name, state_dir=None) -> SiteParts:
         parts_cls = import_by_path(cls.site_parts) if cls.site_parts else SiteParts
-        return parts_cls(trainer, train_images, site_name)
+        return parts_cls(trainer, train_images, site_name, state_dir=state_dir)
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         return images

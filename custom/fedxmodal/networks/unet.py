@@ -81,3 +81,49 @@ def config_from_job_model(model_spec: dict, n_structures: int | None = None) -> 
     if n_structures is not None and declared != n_structures:
         raise ValueError(f"job model has {declared} outputs for {n_structures} structures")
     return UNetConfig.from_dict({k: v for k, v in args.items() if k not in _JOB_ONLY_ARGS})
+
+
+# ---- the encoder path of MONAI's UNet (FedDA's feature taps) -------------------------------------
+# MONAI builds ``net.model`` as nested ``Sequential(down, SkipConnection(sub), up)`` blocks; the
+# innermost ``sub`` is the bottom layer (``UNet._get_bottom_layer``: channels[-2] -> channels[-1]
+# at stride 1, on the coarsest grid). "The bottleneck" here is that bottom layer's output; the
+# encoder is every block on the path to it (the down blocks, then the bottom layer).
+
+def encoder_blocks(net) -> list:
+    """The encoder's blocks of a MONAI ``UNet`` in forward order: [down_0, ..., down_{k-1}, bottom]."""
+    from monai.networks.layers.simplelayers import SkipConnection
+
+    blocks, seq = [], getattr(net, "model", None)
+    while True:
+        if not (isinstance(seq, torch.nn.Sequential) and len(seq) == 3 and isinstance(seq[1], SkipConnection)):
+            raise ValueError("not a MONAI UNet block structure (Sequential(down, SkipConnection, up))")
+        blocks.append(seq[0])
+        sub = seq[1].submodule
+        if isinstance(sub, torch.nn.Sequential) and len(sub) == 3 and isinstance(sub[1], SkipConnection):
+            seq = sub
+            continue
+        blocks.append(sub)  # the bottom layer
+        return blocks
+
+
+def encoder_taps(net, aux: bool = False) -> list:
+    """The tapped modules: the bottleneck (bottom layer) and, with ``aux``, the block before it
+    (the deepest down block: one level shallower)."""
+    blocks = encoder_blocks(net)
+    return [blocks[-1]] + ([blocks[-2]] if aux and len(blocks) > 1 else [])
+
+
+def encoder_parameter_names(net) -> set:
+    """Names (as in ``net.named_parameters()``) of every parameter on the path to the bottleneck."""
+    ids = {id(p) for block in encoder_blocks(net) for p in block.parameters()}
+    return {name for name, p in net.named_parameters() if id(p) in ids}
+
+
+def encoder_features(net, x: torch.Tensor, aux: bool = False) -> list:
+    """Run only the encoder path: [bottleneck features] (+ [aux features]); the decoder is skipped."""
+    blocks = encoder_blocks(net)
+    outs = []
+    for block in blocks:
+        x = block(x)
+        outs.append(x)
+    return [outs[-1]] + ([outs[-2]] if aux and len(outs) > 1 else [])

@@ -159,11 +159,14 @@ def output_guard_args(spec: JobSpec, method_cls):
         return None
     ca = spec.site.client_args
     declared = method_cls.guard_declarations(int(ca.get("preprocess", {}).get("size", 128)),
-                                             ca.get("train", {}).get("method_args", {}))
+                                             ca.get("train", {}).get("method_args", {}), model=spec.model)
     if not declared:
         return guard
     guard = dict(guard) if isinstance(guard, dict) else {}
-    guard["extra_tasks"] = {**guard.get("extra_tasks", {}), **declared.get("extra_tasks", {})}
+    if declared.get("extra_tasks"):
+        guard["extra_tasks"] = {**guard.get("extra_tasks", {}), **declared["extra_tasks"]}
+    if declared.get("expected_shapes"):  # tensors sent with the model's (FedDA's shared discriminator)
+        guard["expected_shapes"] = {**guard.get("expected_shapes", {}), **declared["expected_shapes"]}
     if declared.get("metrics"):
         guard["metrics"] = [*guard.get("metrics", DEFAULT_METRIC_PATTERNS), *declared["metrics"]]
     return guard

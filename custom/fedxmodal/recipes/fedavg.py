@@ -4,7 +4,8 @@ FedAvg weighted by the sites' training slices (:class:`~fedxmodal.fl.server.Resu
 the global model persisted every round and resumable; the best global model kept by the sites'
 pre-training validation ``key_metric``; cross-site evaluation; TensorBoard streaming; at the
 sites, the job's Client API script in-process. What the method adds on the server (FedDG's
-amplitude exchange before FedAvg, FedBN's aggregator) and declares to the output guard comes from
+amplitude exchange before FedAvg, FedBN's aggregator, FedDA's per-site payloads, FedProx's
+coefficient) and declares to the output guard comes from
 the method's own module (``server_parts`` / ``guard_declarations``), looked up by its name in
 ``client_args.method``.
 """
@@ -26,7 +27,7 @@ def build_fedavg_job(spec: JobSpec):
     from fedxmodal.fl.server import ResumableFedAvg
 
     method_cls = method_of(spec)
-    parts = method_cls.server_parts(spec.server.min_clients)
+    parts = method_cls.server_parts(spec.server.min_clients, spec.site.client_args.get("train", {}).get("method_args", {}))
     job = new_job(spec)
     persistor = add_persistor(job, spec)
     for i, workflow in enumerate(parts.pre_workflows):
@@ -39,6 +40,8 @@ def build_fedavg_job(spec: JobSpec):
             persistor_id=persistor,
             task_check_period=float(spec.server.task_check_period),
             ignore_result_error=spec.server.ignore_result_error,
+            site_payloads=instantiate(parts.site_payloads) if parts.site_payloads else None,
+            **parts.fedavg_args,
         ),
         id="fedavg",
     )

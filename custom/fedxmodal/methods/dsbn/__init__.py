@@ -26,7 +26,7 @@ class DSBNMethod(PlainMethod):
     site_parts = "fedxmodal.methods.dsbn.site.FedBNSiteParts"
 
     @classmethod
-    def server_parts(cls, min_clients):
+    def server_parts(cls, min_clients, method_args=None):
         return ServerParts(aggregator={"path": "fedxmodal.methods.dsbn.aggregator.FedBNAggregator", "args": {}})
 
     @classmethod

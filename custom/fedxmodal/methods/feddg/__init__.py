@@ -37,7 +37,7 @@ class FedDGAmplitudeMethod(PlainMethod):
     site_parts = "fedxmodal.methods.feddg.site.FedDGSiteParts"
 
     @classmethod
-    def server_parts(cls, min_clients):
+    def server_parts(cls, min_clients, method_args=None):
         # every site the job requires must share (the exchange needs two domains at least)
         return ServerParts(pre_workflows=({"path": "fedxmodal.methods.feddg.workflow.AmplitudeExchange",
                                            "args": {"min_sites": max(2, min_clients)}},))
@@ -50,7 +50,7 @@ class FedDGAmplitudeMethod(PlainMethod):
         self.bank_domains = None  # (M,) domain of each bank entry (centralized) or None
 
     @classmethod
-    def guard_declarations(cls, image_size, method_args=None):
+    def guard_declarations(cls, image_size, method_args=None, model=None):
         ratio = (method_args or {}).get("ratio", 0.1)
         side = 2 * low_freq_half_width(image_size, image_size, ratio) + 1
         return {"extra_tasks": {SHARE_TASK: {"params": {AMPLITUDES_KEY: [None, 1, side, side]}},
