@@ -13,7 +13,7 @@ from fedxmodal.data.preprocess import PreprocessConfig
 from fedxmodal.data.slices import SiteSlices
 from fedxmodal.methods.fedcowpro import superpixels as spx
 from fedxmodal.methods.fedcowpro.episodes import EpisodeConfig, EpisodeSampler
-from fedxmodal.methods.fedcowpro.losses import METHODS, edge_map, episode_losses, method_settings
+from fedxmodal.methods.fedcowpro.losses import LOSS_VARIANTS, edge_map, episode_losses, method_settings
 from fedxmodal.methods.fedcowpro.network import FewShotEncoder, IntensityFeatures
 from fedxmodal.methods.fedcowpro.prototypes import (
     PrototypeConfig, class_prototypes, cowpro_score, cowpro_weights, few_shot_logits, global_prototype,
@@ -250,12 +250,12 @@ def _episode_set(n_batches=3, batch=2):
 
 
 def test_method_flags_share_one_code_path():
-    assert set(METHODS) == {"ssl_alpnet", "cowpro", "fedcowpro"}
+    assert set(LOSS_VARIANTS) == {"ssl_alpnet", "cowpro", "fedcowpro"}
     with pytest.raises(ValueError, match="unknown method"):
         method_settings("panet")
     batch = _episode_set(1)[0]
     out = {}
-    for m in METHODS:
+    for m in LOSS_VARIANTS:
         torch.manual_seed(0)
         out[m] = episode_losses(FewShotEncoder((8, 16, 32), 8, 16), batch, *method_settings(m))
     assert out["ssl_alpnet"]["dice"] == 0 and out["cowpro"]["edge"] == 0
@@ -275,7 +275,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(LOSS_VARIANTS))
 def test_loss_decreases_on_a_tiny_episode_set(method, one_thread):
     episodes = _episode_set()
     torch.manual_seed(0)

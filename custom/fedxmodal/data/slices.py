@@ -69,4 +69,4 @@ class SiteSlices:
             raise DataError(self.site.json_path,
                             f"site '{self.name}': {len(missing)} '{split}' case(s) have no label ({shown}); "
                             "supervised training needs a label for every training case (unlabelled "
-                            "cases are for self-supervised methods such as fedcowpro)")
+                            "cases are for the self-supervised one-shot methods, README)")

@@ -25,7 +25,7 @@ if _CUSTOM_DIR not in sys.path:
 from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.trainer.supervised import TrainConfig  # noqa: E402
+from fedxmodal.engine.supervised import TrainConfig  # noqa: E402
 from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_METHOD, build_trainer, method_class  # noqa: E402

@@ -43,6 +43,8 @@ class EpisodeConfig:
     augment: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "zoom", tuple(self.zoom))  # JSON gives lists
+        object.__setattr__(self, "gamma", tuple(self.gamma))
         if not (0 < self.zoom[0] <= self.zoom[1]) or not (0 < self.gamma[0] <= self.gamma[1]):
             raise ValueError(f"zoom {self.zoom} and gamma {self.gamma} must be increasing positive ranges")
         if min(self.rotate_deg, self.shift_px, self.shear_deg, self.elastic_alpha) < 0 or self.elastic_sigma <= 0:
@@ -95,6 +97,10 @@ class EpisodeSampler:
         self.rng = np.random.RandomState(seed)
         self.augment = config.transforms()
         self.augment.set_random_state(seed=seed + 1)
+
+    def __len__(self) -> int:
+        """Number of slices episodes are drawn from (those with superpixels)."""
+        return int(self.candidates.numel())
 
     def _view(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.config.augment:

@@ -1,4 +1,4 @@
-"""Episode losses; one code path for the three methods (``METHODS``):
+"""Episode losses; one code path for the three methods (``LOSS_VARIANTS``):
 
 - ``ssl_alpnet``: ALP prototypes, CE + prototype alignment;
 - ``cowpro``: CoWPro prototypes, CE + prototype alignment;
@@ -40,13 +40,14 @@ class LossConfig:
     edge_weight: float = 0.0
 
     def __post_init__(self):
+        object.__setattr__(self, "ce_weights", tuple(self.ce_weights))  # JSON gives a list
         if len(self.ce_weights) != 2 or min(self.ce_weights) < 0:
             raise ValueError(f"ce_weights must be two non-negative numbers, got {self.ce_weights}")
         if min(self.align_weight, self.dice_weight, self.edge_weight) < 0:
             raise ValueError(f"loss weights must be >= 0: {self}")
 
 
-METHODS: dict[str, tuple[PrototypeConfig, LossConfig]] = {
+LOSS_VARIANTS: dict[str, tuple[PrototypeConfig, LossConfig]] = {
     "ssl_alpnet": (PrototypeConfig(kind="alp"), LossConfig()),
     "cowpro": (PrototypeConfig(kind="cowpro"), LossConfig()),
     "fedcowpro": (PrototypeConfig(kind="cowpro"), LossConfig(dice_weight=1.0, edge_weight=1.0)),
@@ -54,10 +55,10 @@ METHODS: dict[str, tuple[PrototypeConfig, LossConfig]] = {
 
 
 def method_settings(method: str) -> tuple[PrototypeConfig, LossConfig]:
-    """(prototype settings, loss settings) of a method name in ``METHODS``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
-    return METHODS[method]
+    """(prototype settings, loss settings) of a method name in ``LOSS_VARIANTS``."""
+    if method not in LOSS_VARIANTS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(LOSS_VARIANTS)}")
+    return LOSS_VARIANTS[method]
 
 
 _sobel = SobelGradients(kernel_size=3, padding_mode="reflect")

@@ -27,11 +27,23 @@ class FewShotEncoder(nn.Module):
         out_channels: width of the 1x1 projection (ALPNet: 256).
         groups: GroupNorm groups (each stage width must be divisible by it).
         in_channels: image channels.
+        init_seed: seeds the initial weights without touching the caller's random state (an NVFlare
+            server builds the initial global model from the job's arguments); None: the global RNG.
     """
 
     def __init__(self, channels=(32, 64, 128, 256), downsample: int = 8, out_channels: int = 256,
-                 groups: int = 8, in_channels: int = 1):
+                 groups: int = 8, in_channels: int = 1, init_seed: int | None = None):
         super().__init__()
+        if init_seed is None:
+            self._build(channels, downsample, out_channels, groups, in_channels)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                self._build(channels, downsample, out_channels, groups, in_channels)
+        # every argument kept as a same-named attribute: NVFlare's job exporter needs them
+        self.channels, self.groups, self.in_channels, self.init_seed = tuple(channels), groups, in_channels, init_seed
+
+    def _build(self, channels, downsample, out_channels, groups, in_channels) -> None:
         if downsample not in (4, 8):
             raise ValueError(f"downsample must be 4 or 8, got {downsample}")
         n_strided = int(math.log2(downsample))

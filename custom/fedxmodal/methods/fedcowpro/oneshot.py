@@ -94,9 +94,12 @@ def prototype_predictor(config: PrototypeConfig = PrototypeConfig(), batch_size:
         out = []
         for i in range(0, len(query_images), batch_size):
             sl = slice(i, i + batch_size)
-            feats = encoder(torch.cat([support_images[sl], query_images[sl]]).to(device))
-            n = feats.shape[0] // 2
-            logits = batch_logits(feats[:n], support_masks[sl].float().to(device), feats[n:], config, training=False)
+            # the protocol pairs many query slices with the same few support slices: encode each once
+            unique, inverse = torch.unique(support_images[sl].flatten(1), dim=0, return_inverse=True)
+            feats = encoder(torch.cat([unique.view(-1, *support_images.shape[1:]), query_images[sl]]).to(device))
+            n = unique.shape[0]
+            logits = batch_logits(feats[:n][inverse.to(device)], support_masks[sl].float().to(device), feats[n:], config,
+                                  training=False)
             out.append(logits.argmax(1).eq(1).cpu())
         return torch.cat(out)
 
@@ -198,3 +201,26 @@ def setting2_keep(labels: torch.Tensor, test_classes) -> torch.Tensor:
     if classes.numel() == 0:
         return torch.ones(labels.shape[0], dtype=torch.bool)
     return ~torch.isin(torch.as_tensor(labels).long().flatten(1), classes).any(1)
+
+
+def segment_volume(encoder: torch.nn.Module, predictor: Predictor, support_images: torch.Tensor,
+                   support_organ: torch.Tensor, query_images: torch.Tensor, prior: torch.Tensor | None = None,
+                   n_parts: int = 3) -> torch.Tensor:
+    """Segment a whole query volume without ground truth (what ``segment --support`` does): the
+    support slices at 1/6, 1/2, 5/6 of the support's organ range, each query slice by its relative
+    position in the volume (``chunk_by_position``).
+
+    Args:
+        support_images: (Zs, 1, H, W); support_organ: (Zs, H, W) bool.
+        query_images: (Zq, 1, H, W).
+        prior: optional (H, W) bool region the organ may occupy.
+
+    Returns:
+        (Zq, H, W) bool.
+    """
+    support_organ = torch.as_tensor(support_organ).bool()
+    sup_idx = support_slice_indices(support_organ, n_parts)
+    n_q = query_images.shape[0]
+    chosen = [sup_idx[chunk_by_position(z, n_q, n_parts)] for z in range(n_q)]
+    pred = predictor(encoder, support_images[chosen], support_organ[chosen].unsqueeze(1).float(), query_images).bool()
+    return pred & prior if prior is not None else pred
