@@ -178,3 +178,30 @@ def test_real_ct_window_range(totalseg_sites):
     # ... which is clipped to [-125, 275] HU: z-scored, only two plateau values bound the range.
     lo, hi = float(img.min()), float(img.max())
     assert (img <= lo + 1e-4).float().mean() > 0.05 and (img >= hi - 1e-4).float().mean() > 0.001
+
+
+def test_unlabelled_training_cases_are_accepted_and_reported(good_site, capsys):
+    spec = json.loads((good_site / "dataset.json").read_text())
+    del spec["training"][1]["label"]
+    (good_site / "dataset.json").write_text(json.dumps(spec))
+    report, text = _problems(good_site)
+    assert report.ok, text
+    assert report.unlabelled_training == ["training_1"]
+    assert report.structures_found == {"liver": 3, "spleen": 3}  # the unlabelled case counts nothing
+    assert main(["check-data", str(good_site), "--quiet"]) == 0
+    assert "unlabelled training cases: 1 of 2" in capsys.readouterr().out
+    # The supervised loader refuses the site before loading anything, naming the site and the case.
+    data = SiteSlices(good_site, ("liver", "spleen"), progress=False)
+    with pytest.raises(DataError, match=r"dataset.json: site 'site': 1 'training' case\(s\) have no label \(training_1\)"):
+        data.slices("training")
+    assert not data._volumes  # refused before any volume was prepared
+    assert data.volumes("training")[1].label is None  # a self-supervised method can still read the images
+
+
+def test_validation_still_needs_labels_and_bad_label_values(good_site):
+    spec = json.loads((good_site / "dataset.json").read_text())
+    del spec["validation"][0]["label"]
+    spec["training"][0]["label"] = 5
+    (good_site / "dataset.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"'training'\[0\] .*'label' must be a path or absent; 'validation'\[0\] .*needs a 'label' path"):
+        SiteDataset.load(good_site)

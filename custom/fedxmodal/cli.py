@@ -135,6 +135,22 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    if args.support:
+        from .apps.support_segment import segment_with_support
+
+        if not args.structure:
+            print("error: --support needs --structure (the structure the support label outlines)", file=sys.stderr)
+            return 2
+        try:
+            segment_with_support(args.image, args.model, *args.support, args.structure, args.out,
+                                 label_id=args.support_label_id, modality=args.modality,
+                                 support_modality=args.support_modality, overlay=args.overlay, prior=args.prior,
+                                 device=args.device, job_dir=args.job)
+        except ValueError as exc:  # a label id not in the support, a supervised model, ...
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"mask: {args.out}" + (f", overlay: {args.overlay}" if args.overlay else ""))
+        return 0
     from .apps.segment import output_paths, segment_file
 
     paths = output_paths(args.image, args.out)
@@ -159,6 +175,20 @@ def cmd_export_bundle(args) -> int:
     cfg = (out / "configs" / "inference.json").resolve()
     print(f"MONAI bundle: {out}\nrun it: python -m monai.bundle run --config_file {cfg} --image IMAGE.nii.gz "
           f"[--modality CT|MR] [--output_dir DIR]")
+    return 0
+
+
+def cmd_superpixels(args) -> int:
+    from .data.preprocess import PreprocessConfig
+    from .data.slices import SiteSlices
+    from .methods import DEFAULT_ONESHOT_METHOD, build_method
+
+    method = build_method(args.method or DEFAULT_ONESHOT_METHOD)
+    for i, site_dir in enumerate(args.site_dirs):
+        site = SiteSlices(site_dir, (), PreprocessConfig(spacing=args.spacing, size=args.size), progress=not args.quiet)
+        out = Path(args.out) if len(args.site_dirs) == 1 else Path(args.out).with_name(
+            f"{Path(args.out).stem}_{site.name}{Path(args.out).suffix}")
+        print(f"{site.name}: {method.preview_pseudo_labels(site, out, split=args.split, n_slices=args.n)}")
     return 0
 
 
@@ -237,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("segment", help="segment a NIfTI file or DICOM series; the mask is in the input's geometry")
+    s = sub.add_parser("segment", help="segment a NIfTI file or DICOM series (with a supervised model, or one-shot "
+                                       "from --support); the mask is in the input's geometry")
     s.add_argument("image", help="NIfTI file or DICOM series folder")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True, help="mask path: .nii.gz (for a DICOM series also a DICOM SEG beside it, "
@@ -246,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlay", help="also write a PNG overlay (axial + coronal, radiological view)")
     s.add_argument("--job", help="job folder, when --model is an NVFlare global model (FL_global_model.pt)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--support", nargs=2, metavar=("SUPPORT_IMAGE", "SUPPORT_LABEL"),
+                   help="one-shot: segment --structure from this ONE labelled example (a few-shot model, "
+                        "e.g. jobs/fedcowpro's); any modality")
+    s.add_argument("--structure", help="with --support: the structure's name (e.g. liver)")
+    s.add_argument("--support-label-id", type=int, help="with --support: the structure's value in SUPPORT_LABEL "
+                                                        "(default: its only non-zero value)")
+    s.add_argument("--support-modality", choices=("CT", "MR"), help="default: guessed like --modality")
+    s.add_argument("--prior", action="store_true", help="with --support: keep the structure's side of the patient")
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("export-bundle", help="write the model as a MONAI bundle (metadata.json, inference.json, "
@@ -256,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=("CT", "MR"), default="CT",
                    help="default modality of inference.json (override at run time with --modality)")
     s.set_defaults(func=cmd_export_bundle)
+
+    s = sub.add_parser("superpixels", help="render a site's superpixel pseudo-labels (self-supervised methods) on "
+                                           "a few slices as a PNG; computes and caches them in the site folder")
+    s.add_argument("site_dirs", nargs="+")
+    s.add_argument("--out", required=True, help="PNG path (one per site: <stem>_<site>.png for several sites)")
+    s.add_argument("--n", type=int, default=4, help="slices shown")
+    s.add_argument("--split", default="training")
+    s.add_argument("--method", help="the self-supervised method whose pseudo-labels to show (default: the job's)")
+    s.add_argument("--spacing", type=float, default=3.0, help="in-plane spacing (mm), as the job's preprocessing")
+    s.add_argument("--size", type=int, default=128, help="slice size (pixels), as the job's preprocessing")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_superpixels)
 
     s = sub.add_parser("demo", help="the main job: phantom data -> FedGIN in nvflare simulator -> evaluation")
     s.add_argument("--workdir", default="demo")

@@ -90,10 +90,12 @@ class CompareGrid:
         self.method_args = dict(method_args or {})
         self.structures = TASK_STRUCTURES[task]
         self.budget = BUDGETS["quick" if quick else "default"]
-        self.methods = tuple(methods or METHODS)
-        unknown = [m for m in self.methods if m not in METHODS]
+        supervised = [m for m, cls in METHODS.items() if cls.needs_labels]  # seed 000's grid is supervised
+        self.methods = tuple(methods or supervised)
+        unknown = [m for m in self.methods if m not in supervised]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+            raise ValueError(f"unknown or self-supervised method(s) {unknown} (this grid trains with labels); "
+                             f"choose from {supervised}")
         self.sites = discover_sites(data)
         self.base_spec = load_spec(REPO / "jobs" / "specs" / "fedgin.json")
         self.config = {"task": task, "structures": list(self.structures), "seed": seed, "budget": self.budget,

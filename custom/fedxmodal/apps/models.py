@@ -13,11 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.preprocess import PreprocessConfig
-from ..engine.supervised import TrainConfig
 from ..fl.client_loop import parse_client_args
-from ..methods import build_trainer, load_trainer
-from ..networks.unet import config_from_job_model
+from ..methods import load_trainer, trainer_from_job_args
 
 
 def job_site_args(job_dir) -> dict:
@@ -34,11 +31,9 @@ def job_site_args(job_dir) -> dict:
 
 
 def trainer_from_fl_model(model_path, job_dir, device: str = "auto"):
-    """A trainer holding the weights of a server-persisted global model."""
-    args = job_site_args(job_dir)
-    trainer = build_trainer(args["structures"], config_from_job_model(args["model"]),
-                            TrainConfig.from_dict({**args.get("train", {}), "method": args.get("method", "")}),
-                            PreprocessConfig.from_dict(args.get("preprocess")), device=device)
+    """A trainer holding the weights of a server-persisted global model (the trainer of the job's
+    method: supervised or episodic)."""
+    trainer = trainer_from_job_args(job_site_args(job_dir), device=device)
     ckpt = torch.load(Path(model_path), map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{model_path}: not an NVFlare PyTorch model file (no 'model' entry)")

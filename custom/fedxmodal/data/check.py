@@ -21,6 +21,7 @@ class SiteReport:
     warnings: list[str] = field(default_factory=list)
     n_cases: dict[str, int] = field(default_factory=dict)
     structures_found: dict[str, int] = field(default_factory=dict)  # structure -> n volumes containing it
+    unlabelled_training: list[str] = field(default_factory=list)  # case ids listed without a label
 
     @property
     def ok(self) -> bool:
@@ -30,6 +31,10 @@ class SiteReport:
         lines = [f"site {self.site_dir}: " + ("OK" if self.ok else f"{len(self.problems)} problem(s)")]
         if self.n_cases:
             lines.append("  cases: " + ", ".join(f"{k} {v}" for k, v in self.n_cases.items()))
+        if self.unlabelled_training:
+            lines.append(f"  unlabelled training cases: {len(self.unlabelled_training)} of "
+                         f"{self.n_cases.get('training', 0)} (self-supervised methods such as fedcowpro "
+                         "train on them; supervised training refuses this site)")
         if self.structures_found:
             lines.append("  structures (volumes containing them): "
                          + ", ".join(f"{k} {v}" for k, v in self.structures_found.items()))
@@ -57,6 +62,7 @@ def check_site(site_dir, structures=None, progress: bool = False) -> SiteReport:
     seen: list = []
     counts = {s: 0 for s in names}
     cases = [c for split in SPLITS for c in site.split(split)]
+    report.unlabelled_training = [c.case_id for c in site.unlabelled("training")]
     for split in SPLITS:
         report.n_cases[split] = len(site.split(split))
         if not site.split(split):

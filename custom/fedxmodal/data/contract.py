@@ -25,7 +25,8 @@ _MODALITY_ALIASES = {"CT": "CT", "MR": "MR", "MRI": "MR", "T1": "MR", "T2": "MR"
 
 @dataclass(frozen=True)
 class Case:
-    """One image (and its label, if any) of a site, with absolute paths."""
+    """One image (and its label, if any) of a site, with absolute paths. Training and test cases
+    may have no label; validation cases always have one."""
 
     image: Path
     label: Path | None
@@ -98,8 +99,12 @@ class SiteDataset:
                     problems.append(f"'{split}'[{i}] needs an 'image' path")
                     continue
                 label = entry.get("label")
-                if label is None and split != "test":
+                # Training cases may be unlabelled (self-supervised methods); validation is scored.
+                if label is None and split == "validation":
                     problems.append(f"'{split}'[{i}] ({entry['image']}) needs a 'label' path")
+                    continue
+                if label is not None and (not isinstance(label, str) or not label):
+                    problems.append(f"'{split}'[{i}] ({entry['image']}) 'label' must be a path or absent")
                     continue
                 slab = entry.get("slices")
                 if slab is not None and not (isinstance(slab, list) and len(slab) == 2
@@ -120,6 +125,10 @@ class SiteDataset:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.cases.get(split, [])
+
+    def unlabelled(self, split: str = "training") -> list[Case]:
+        """The cases of ``split`` listed without a label (allowed in 'training' and 'test')."""
+        return [c for c in self.split(split) if c.label is None]
 
     def label_mapper(self, structures) -> "LabelMapper":
         return LabelMapper.for_site(self, structures)

@@ -45,7 +45,10 @@ class SiteSlices:
 
     def slices(self, split: str, foreground_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """All labelled slices of a split; ``foreground_only`` keeps slices with any structure
-        (the papers train on slices that contain labels)."""
+        (the papers train on slices that contain labels). The training split must be fully
+        labelled (``require_labels``); unlabelled test cases are skipped."""
+        if split == "training":
+            self.require_labels(split)
         images, labels = [], []
         for vol in self.volumes(split):
             if vol.label is None:
@@ -56,3 +59,14 @@ class SiteSlices:
         if not images or sum(len(x) for x in images) == 0:
             raise DataError(self.site.json_path, f"no labelled slices in the '{split}' split")
         return torch.cat(images), torch.cat(labels)
+
+    def require_labels(self, split: str = "training") -> None:
+        """Raise ``DataError`` naming the site and its unlabelled cases if any case of ``split`` has
+        no label (supervised training; checked before any volume is loaded)."""
+        missing = [c.case_id for c in self.site.unlabelled(split)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(self.site.json_path,
+                            f"site '{self.name}': {len(missing)} '{split}' case(s) have no label ({shown}); "
+                            "supervised training needs a label for every training case (unlabelled "
+                            "cases are for the self-supervised one-shot methods, README)")

@@ -3,8 +3,9 @@ named optimizers, step logging, epoch batching, weights for the federation, chec
 
 Trainers by training style sit beside each other on top of :class:`BaseTrainer`, as MONAI's
 ``SupervisedTrainer``, ``GanTrainer`` and ``AdversarialTrainer`` do: :mod:`.supervised` (one
-network, one loss per step, a method's loss) and :mod:`.adversarial` (the segmentation network and
-a feature discriminator, alternating steps). The engine imports no NVFlare and names no method:
+network, one loss per step, a method's loss), :mod:`.adversarial` (the segmentation network and
+a feature discriminator, alternating steps) and :mod:`.episodic` (self-supervised episodes, no
+labels; one-shot evaluation from a support volume). The engine imports no NVFlare and names no method:
 a trainer is given its method object.
 """
 
@@ -63,17 +64,18 @@ def epoch_batches(n: int, batch_size: int) -> list[torch.Tensor]:
             if len(order[i:i + batch_size]) > 1 or n == 1]
 
 
-def read_checkpoint(path, expected_format: str) -> dict:
-    """Load a checkpoint dict written by a trainer's ``save``; the error names the file and, for an
-    NVFlare global model, says what to pass instead."""
+def read_checkpoint(path, expected_format) -> dict:
+    """Load a checkpoint dict written by a trainer's ``save`` (``expected_format``: one format or
+    several); the error names the file and, for an NVFlare global model, says what to pass instead."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model checkpoint not found")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
+    formats = (expected_format,) if isinstance(expected_format, str) else tuple(expected_format)
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in formats:
         hint = (" (an NVFlare global model: pass the job folder too, e.g. --job jobs/fedgin)"
                 if isinstance(ckpt, dict) and "model" in ckpt else "")
-        raise ValueError(f"{path}: not a fedxmodal checkpoint (expected format {expected_format}){hint}")
+        raise ValueError(f"{path}: not a fedxmodal checkpoint (expected format {' or '.join(formats)}){hint}")
     return ckpt
 
 

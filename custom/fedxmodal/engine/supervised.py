@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..data.preprocess import PreparedVolume, PreprocessConfig, VolumePreprocessor
 from ..losses.segmentation import build_segmentation_loss
-from ..networks.unet import UNetConfig, build_unet
+from ..networks.unet import UNetConfig, build_unet, config_from_job_model
 from ..transforms.spatial import RandomAffine2D
 from .base import BaseTrainer, epoch_batches
 from .evaluation import evaluate_site, predict_volume
@@ -154,3 +154,11 @@ class SupervisedTrainer(BaseTrainer):
         trainer.set_weights(ckpt["model"])
         trainer.meta = ckpt.get("meta", {})
         return trainer
+
+    @classmethod
+    def from_job_args(cls, args: dict, method, device: str = "auto") -> "SupervisedTrainer":
+        """The trainer a job's site arguments describe (``structures``, ``model``, ``train``,
+        ``preprocess``, ``method``)."""
+        train = TrainConfig.from_dict({**args.get("train", {}), "method": args.get("method", "")})
+        return cls(args["structures"], method, network=config_from_job_model(args["model"]), train=train,
+                   preprocess=PreprocessConfig.from_dict(args.get("preprocess")), device=device)

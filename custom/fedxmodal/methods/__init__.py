@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 
 from ..engine.base import read_checkpoint
-from ..engine.supervised import CHECKPOINT_FORMAT, TrainConfig
+from ..engine.supervised import TrainConfig
 from .base import PlainMethod
 from .butterworth import ButterworthHighPassMethod
 from .dsbn import DSBNMethod
 from .dualnorm import DualNormMethod
 from .fedda import FedDACyclicMethod, FedDAGINMethod, FedDAMethod
+from .fedcowpro import CoWProMethod, FedCoWProMethod, SSLALPNetMethod
 from .feddg import FedDGAmplitudeMethod
 from .fedprox import FedProxMethod
 from .gin import GINIPAMethod, GINMethod
@@ -34,7 +35,11 @@ METHODS = {m.name: m for m in (
     FedDAMethod,
     FedDACyclicMethod,
     FedDAGINMethod,
+    SSLALPNetMethod,
+    CoWProMethod,
+    FedCoWProMethod,
 )}
+DEFAULT_ONESHOT_METHOD = "fedcowpro"  # the self-supervised one-shot job's method (jobs/fedcowpro)
 
 
 def method_class(name: str):
@@ -62,7 +67,16 @@ def build_trainer(structures, network=None, train=None, preprocess=None, device:
 
 def load_trainer(path, device: str = "auto", **train_overrides):
     """A trainer rebuilt from a checkpoint written by its ``save`` (or by ``compare``/``train``)."""
-    ckpt = read_checkpoint(path, CHECKPOINT_FORMAT)
+    ckpt = read_checkpoint(path, sorted({cls.trainer.checkpoint_format for cls in METHODS.values()}))
     train = {**ckpt.get("train", {}), **train_overrides}
     cls = method_class(train.get("method"))
+    if ckpt["format"] != cls.trainer.checkpoint_format:
+        raise ValueError(f"{path}: a {ckpt['format']} checkpoint, but method {cls.name} trains with {cls.trainer.__name__}")
     return cls.trainer.from_checkpoint(ckpt, cls(**train.get("method_args", {})), device=device, **train_overrides)
+
+
+def trainer_from_job_args(args: dict, device: str = "auto"):
+    """The (untrained) trainer a job's site arguments describe, by its method's training style."""
+    cls = method_class(args.get("method"))
+    method = cls(**dict(args.get("train", {}).get("method_args") or {}))
+    return cls.trainer.from_job_args({**args, "method": cls.name}, method, device=device)

@@ -15,7 +15,9 @@ A method owns every piece of itself (one module, or a package with its NVFlare p
   aggregator replacing FedAvg's average, per-site payloads, further FedAvg arguments).
 
 The trainer owns the loop, the optimizer, devices, AMP, logging and evaluation; methods never copy
-those. Register a new method with one line in ``fedxmodal.methods.METHODS``.
+those. :class:`MethodBase` is what every method declares to the registry; :class:`PlainMethod`
+is the supervised base, :class:`EpisodicMethod` the self-supervised one-shot base (no labels;
+``needs_labels = False``, its own trainer and site script). Register a new method with one line in ``fedxmodal.methods.METHODS``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..engine.episodic import EpisodicTrainer
 from ..engine.supervised import SupervisedTrainer
 from ..utils import import_by_path
 
@@ -80,13 +83,15 @@ class SiteParts:
         return {}
 
 
-class PlainMethod:
-    """No intensity augmentation (base spatial augmentation only)."""
+class MethodBase:
+    """What the registry and the generic pieces read from every method, whatever its training style."""
 
-    name = "none"
-    label = "none (spatial only)"
+    name = ""
+    label = ""
     regimes = ("local", "centralized", "federated")
     trainer = SupervisedTrainer
+    needs_labels = True  # False: trains on unlabelled sites (self-supervised); not in the supervised grid
+    site_script = "fl/segmentation_site.py"  # the site script its jobs run, relative to the package
     site_parts: str | None = None  # dotted path of a SiteParts subclass; None: SiteParts
 
     @classmethod
@@ -112,6 +117,13 @@ class PlainMethod:
         parts_cls = import_by_path(cls.site_parts) if cls.site_parts else SiteParts
         return parts_cls(trainer, train_images, site_name, state_dir=state_dir)
 
+
+class PlainMethod(MethodBase):
+    """No intensity augmentation (base spatial augmentation only)."""
+
+    name = "none"
+    label = "none (spatial only)"
+
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         return images
 
@@ -124,3 +136,42 @@ class PlainMethod:
 
     def prepare(self, per_domain_images) -> None:
         """Called with [(N_d, 1, H, W) training slices per domain] before training; no-op here."""
+
+
+class EpisodicMethod(MethodBase):
+    """A self-supervised few-shot method: trains on episodes built from unlabelled slices through
+    :class:`~fedxmodal.engine.episodic.EpisodicTrainer`, segments a new volume from one labelled
+    support volume. Its jobs run ``fl/episodic_site.py``. Subclasses implement ``build_network``,
+    ``episode_sampler``, ``episode_loss``, ``evaluate_oneshot`` and ``segment_with_support`` (see
+    :mod:`fedxmodal.engine.episodic`) and ``preview_pseudo_labels`` (the ``superpixels`` command)."""
+
+    trainer = EpisodicTrainer
+    needs_labels = False
+    site_script = "fl/episodic_site.py"
+    # the metrics its sites send (fedxmodal.fl.episodic_site): one-shot Dice where a site has a
+    # labelled volume, the episode loss / Dice otherwise
+    SITE_METRICS = ("dice", "dice_[a-z_]+", "n_volumes", "oneshot", "self_support", "episode_loss", "episode_dice",
+                    "whole_volume_dice")
+
+    @classmethod
+    def guard_declarations(cls, image_size: int, method_args: dict | None = None, model: dict | None = None) -> dict:
+        return {"metrics": list(cls.SITE_METRICS)}
+
+    def build_network(self, **args) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def episode_sampler(self, sites, split: str = "training", seed: int = 0):
+        raise NotImplementedError
+
+    def episode_loss(self, model, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def evaluate_oneshot(self, model, support, queries, organs, use_priors: bool = True) -> dict:
+        raise NotImplementedError
+
+    def segment_with_support(self, model, support_images, support_organ, query_images, structure=None,
+                             use_prior: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def preview_pseudo_labels(self, site_slices, out_png, split: str = "training", n_slices: int = 4):
+        raise NotImplementedError

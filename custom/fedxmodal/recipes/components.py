@@ -12,7 +12,7 @@ from typing import List
 import fedxmodal
 from fedxmodal.fl.client_loop import format_client_args
 from fedxmodal.fl.guard import DEFAULT_METRIC_PATTERNS
-from fedxmodal.methods import method_class
+from fedxmodal.methods import METHODS, method_class
 
 from .filters import guarded_analytics
 from .spec import JobSpec
@@ -151,6 +151,17 @@ def method_of(spec: JobSpec):
     return method_class(spec.site.client_args.get("method"))
 
 
+def check_site_script(spec: JobSpec, method_cls) -> None:
+    """The method must run with its own site script (``site_script``: the supervised or the episodic
+    site), not with another method's; any other script (the user's, a test's) is left alone."""
+    script, package = Path(spec.site.client_script).resolve(), package_dir(spec)
+    known = {cls.site_script for cls in METHODS.values()}
+    rel = script.relative_to(package).as_posix() if script.is_relative_to(package) else None
+    if rel in known and rel != method_cls.site_script:
+        raise ValueError(f"job {spec.name}: method {method_cls.name!r} runs with the site script "
+                         f"{method_cls.site_script}, the spec names {script.relative_to(package).as_posix()}")
+
+
 def output_guard_args(spec: JobSpec, method_cls):
     """The output guard's arguments with what the method's sites send beyond weights and metrics
     (``guard_declarations``) added; None when the guard is off."""
@@ -168,5 +179,5 @@ def output_guard_args(spec: JobSpec, method_cls):
     if declared.get("expected_shapes"):  # tensors sent with the model's (FedDA's shared discriminator)
         guard["expected_shapes"] = {**guard.get("expected_shapes", {}), **declared["expected_shapes"]}
     if declared.get("metrics"):
-        guard["metrics"] = [*guard.get("metrics", DEFAULT_METRIC_PATTERNS), *declared["metrics"]]
+        guard["metrics"] = list(dict.fromkeys([*guard.get("metrics", DEFAULT_METRIC_PATTERNS), *declared["metrics"]]))
     return guard

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from fedxmodal.utils import instantiate
 
-from .components import (add_closing, add_persistor, add_site_executor, method_of, new_job, output_guard_args,
-                         ship_code)
+from .components import (add_closing, add_persistor, add_site_executor, check_site_script, method_of, new_job,
+                         output_guard_args, ship_code)
 from .filters import add_result_filters
 from .spec import JobSpec
 
@@ -27,6 +27,7 @@ def build_fedavg_job(spec: JobSpec):
     from fedxmodal.fl.server import ResumableFedAvg
 
     method_cls = method_of(spec)
+    check_site_script(spec, method_cls)
     parts = method_cls.server_parts(spec.server.min_clients, spec.site.client_args.get("train", {}).get("method_args", {}))
     job = new_job(spec)
     persistor = add_persistor(job, spec)

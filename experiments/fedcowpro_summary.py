@@ -1,0 +1,161 @@
+"""Tables of experiments/fedcowpro_oneshot.py's cells: mean +- sd over seeds of the one-shot Dice per
+structure, per query modality, same-modality and cross-modality supports, settings 1 and 2, the
+SSL-ALPNet protocol (in the query's ground-truth range) and beyond it the whole volume, quadrant
+prior off and on; FedCoWPro against every other row with "exceeds the spread" = |difference of
+means| > sd_a + sd_b; SSL-ALPNet's published 1-shot numbers beside them; wall times.
+
+Usage: python experiments/fedcowpro_summary.py OUT [--md OUT/summary.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# SSL-ALPNet 1-shot Dice (Ouyang et al. 2020, Table 1; COCO-pretrained encoder), x100.
+PUBLISHED = {("CT", 1): {"kidney_left": 72.4, "kidney_right": 71.8, "spleen": 71.0, "liver": 78.3},
+             ("MR", 1): {"kidney_left": 81.9, "kidney_right": 85.2, "spleen": 72.2, "liver": 76.1},
+             ("CT", 2): {"kidney_left": 63.3, "kidney_right": 54.8, "spleen": 60.3, "liver": 73.7},
+             ("MR", 2): {"kidney_left": 73.6, "kidney_right": 78.4, "spleen": 67.0, "liver": 73.1}}
+MAIN = ("fedcowpro", "federated")
+
+
+def ms(values) -> tuple[float, float, int]:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    return (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) if v else (math.nan, 0.0, 0)
+
+
+def fmt(m, s, n) -> str:
+    return "n/a" if n == 0 else (f"{100 * m:.1f} +- {100 * s:.1f}" if n > 1 else f"{100 * m:.1f}")
+
+
+def load(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+
+
+def collect(cells, protocol: str, cross: bool):
+    """{(method, regime, setting): {(query modality, structure | 'mean'): [value per seed]}}."""
+    table = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        if "evaluation" not in c:
+            continue
+        key = (c["method"], c["regime"], c["setting"])
+        per_seed = defaultdict(list)
+        for pair in c["evaluation"].values():
+            if (pair["support_modality"] != pair["query_modality"]) != cross:
+                continue
+            res = pair["settings"].get(protocol)
+            if not res:
+                continue
+            for s, v in res["dice"].items():
+                per_seed[(pair["query_modality"], s)].append(v)
+            per_seed[(pair["query_modality"], "mean")].append(res["mean_dice"])
+        for k, v in per_seed.items():
+            table[key][k].append(float(np.nanmean(v)) if v else math.nan)
+    return table
+
+
+def render_table(table, structures, modalities, title: str) -> str:
+    cols = [(m, s) for m in modalities for s in [*structures, "mean"]]
+    lines = [f"### {title}", "", "| method | regime | setting | " + " | ".join(f"{m} {s}" for m, s in cols) + " |",
+             "|" + " --- |" * (3 + len(cols))]
+    order = lambda r: (0 if r == "federated" else 1 if r == "centralized" else 3 if r == "floor" else 2)  # noqa: E731
+    for (method, regime, setting) in sorted(table, key=lambda k: (k[2], order(k[1]), k[1], k[0])):
+        row = table[(method, regime, setting)]
+        lines.append(f"| {method} | {regime} | {setting if regime != 'floor' else '-'} | "
+                     + " | ".join(fmt(*ms(row.get(c, []))) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spread_check(table, modalities) -> str:
+    lines = ["### FedCoWPro (federated) against every other row: mean over structures, per query modality",
+             "", "| other | setting | modality | FedCoWPro | other | difference | exceeds the spread |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (method, regime, setting), row in sorted(table.items()):
+        if (method, regime) == MAIN:
+            continue
+        main = table.get((*MAIN, setting))
+        if not main:
+            continue
+        for m in modalities:
+            a, b = ms(main.get((m, "mean"), [])), ms(row.get((m, "mean"), []))
+            if a[2] == 0 or b[2] == 0:
+                continue
+            diff = a[0] - b[0]
+            lines.append(f"| {method} {regime} | {setting} | {m} | {fmt(*a)} | {fmt(*b)} | {100 * diff:+.1f} | "
+                         f"{'yes' if abs(diff) > a[1] + b[1] and min(a[2], b[2]) > 1 else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def published(structures) -> str:
+    lines = ["### SSL-ALPNet, published 1-shot Dice (COCO-pretrained encoder; ours: trained from scratch, CPU budget)",
+             "", "| modality | setting | " + " | ".join(structures) + " | mean |", "|" + " --- |" * (3 + len(structures))]
+    for (mod, setting), d in PUBLISHED.items():
+        vals = [d.get(s) for s in structures]
+        known = [v for v in vals if v is not None]
+        lines.append(f"| {mod} | {setting} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals)
+                     + f" | {np.mean(known):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def timings(cells) -> str:
+    fed = [c["federated_wall_seconds"] for c in cells if c.get("federated_wall_seconds")]
+    here = [c["train_seconds"] for c in cells if c.get("train_seconds")]
+    per = [p["seconds_per_volume_structure"] for c in cells for p in c.get("evaluation", {}).values()]
+    lines = ["### Wall times", ""]
+    for what, vals in (("federated run (nvflare simulator, sites in parallel, with validation and cross-site "
+                        "evaluation)", fed), ("local / centralized training", here)):
+        if vals:
+            m, s, n = ms(vals)
+            lines.append(f"- {what}: {m:.1f} +- {s:.1f} s over {n} runs")
+    if per:
+        lines.append(f"- one-shot inference, one structure in one query volume (in-range and whole-volume "
+                     f"protocols, prior on and off): {np.mean(per):.2f} s")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out")
+    p.add_argument("--md")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    cells = load(out)
+    ok = [c for c in cells if "evaluation" in c]
+    if not ok:
+        print(f"no finished cell under {out / 'results'}", file=sys.stderr)
+        return 1
+    structures = ok[0]["structures"]
+    modalities = sorted({p["query_modality"] for c in ok for p in c["evaluation"].values()})
+    budget = ok[0]["budget"]
+    parts = [f"## One-shot Dice x100, mean +- sd over seeds ({out})\n\nBudget per cell: {budget}; encoder trained "
+             "from scratch, CPU budget. Support: the first labelled volume of the support site holding the "
+             "structure (validation, then training, then test), never the query itself.\n"]
+    for protocol, what in (("in_range", "SSL-ALPNet protocol (query slices in the ground-truth range)"),
+                           ("whole_volume", "whole query volume (no ground-truth range)"),
+                           ("in_range_prior", "SSL-ALPNet protocol, quadrant prior on")):
+        parts.append(render_table(collect(ok, protocol, False), structures, modalities,
+                                  f"{what}, support of the same modality"))
+    parts.append(render_table(collect(ok, "in_range", True), structures, modalities,
+                              "cross-modality: support of the OTHER modality (e.g. a CT support segmenting an MR)"))
+    parts.append(spread_check(collect(ok, "in_range", False), modalities))
+    parts.append(published(structures))
+    parts.append(timings(ok))
+    failed = [c for c in cells if "error" in c]
+    if failed:
+        parts.append("### Cells without a result\n\n" + "\n".join(
+            f"- {c['method']} {c['regime']} setting {c['setting']} seed {c['seed']}: {c['error'][:200]}" for c in failed))
+    text = "\n".join(parts)
+    Path(a.md or out / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
