@@ -35,7 +35,7 @@ def _engine(method, regime="centralized", n_domains=2, domains=("a", "b"), **tra
     seed_everything(0)
     net = UNetConfig(**TINY, **METHODS[method].network_overrides(regime, n_domains))
     return build_trainer(("liver", "spleen"), network=net, domains=domains,
-                         train=TrainConfig(method=method, batch_size=8, lr=3e-3, **train))
+                         train=TrainConfig(method=method, batch_size=8, lr=3e-3, **{"amp": False, **train}))
 
 
 @pytest.mark.parametrize("method", [m for m, c in METHODS.items() if c.needs_labels])

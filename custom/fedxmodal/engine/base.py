@@ -165,9 +165,38 @@ class BaseTrainer:
             raise KeyError(f"weights do not fit the network: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     # ---- checkpoints ------------------------------------------------------------------------
+    # A trainer that checkpoints sets ``config_class`` (its settings dataclass: ``to_dict`` /
+    # ``from_dict``) and keeps ``structures``, ``network``, ``preprocess``, ``train_config`` and
+    # ``domains``; ``network_record`` / ``network_from_record`` round-trip its network settings.
+    config_class = None
+
+    @staticmethod
+    def network_record(network) -> dict:
+        return dict(network or {})
+
+    @staticmethod
+    def network_from_record(record):
+        return dict(record or {})
+
     def checkpoint(self, **meta) -> dict:
-        """The dict :meth:`save` writes; subclasses add what rebuilds them."""
-        return {"format": self.checkpoint_format, "model": self.get_weights(), "meta": meta}
+        """The dict :meth:`save` writes (subclasses may add what else rebuilds them)."""
+        return {"format": self.checkpoint_format, "structures": list(self.structures),
+                "network": self.network_record(self.network), "preprocess": self.preprocess.to_dict(),
+                "train": self.train_config.to_dict(), "domains": list(self.domains), "model": self.get_weights(),
+                "meta": meta}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, method, device: str = "auto", **train_overrides):
+        """Rebuild from a :meth:`checkpoint` dict (see :func:`read_checkpoint`) and the method object."""
+        from ..data.preprocess import PreprocessConfig
+
+        trainer = cls(ckpt["structures"], method, network=cls.network_from_record(ckpt.get("network")),
+                      train=cls.config_class.from_dict({**ckpt.get("train", {}), **train_overrides}),
+                      preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), device=device,
+                      domains=ckpt.get("domains", ()))
+        trainer.set_weights(ckpt["model"])
+        trainer.meta = ckpt.get("meta", {})
+        return trainer
 
     def save(self, path, **meta) -> Path:
         path = Path(path)

@@ -242,21 +242,8 @@ class EpisodicTrainer(BaseTrainer):
         return self.method.segment_with_support(self.model, support_images, support_organ.bool(), query_images,
                                                 structure=structure, use_prior=use_prior)
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def checkpoint(self, **meta) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "structures": list(self.structures), "network": dict(self.network),
-                "preprocess": self.preprocess.to_dict(), "train": self.train_config.to_dict(),
-                "domains": list(self.domains), "model": self.get_weights(), "meta": meta}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict, method, device: str = "auto", **train_overrides) -> "EpisodicTrainer":
-        trainer = cls(ckpt["structures"], method, network=ckpt.get("network", {}),
-                      train=EpisodicConfig.from_dict({**ckpt.get("train", {}), **train_overrides}),
-                      preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), device=device,
-                      domains=ckpt.get("domains", ()))
-        trainer.set_weights(ckpt["model"])
-        trainer.meta = ckpt.get("meta", {})
-        return trainer
+    # ---- checkpoints: BaseTrainer.checkpoint / from_checkpoint (network settings kept as a dict) ---
+    config_class = EpisodicConfig
 
     @classmethod
     def from_job_args(cls, args: dict, method, device: str = "auto") -> "EpisodicTrainer":

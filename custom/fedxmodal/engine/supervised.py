@@ -137,23 +137,16 @@ class SupervisedTrainer(BaseTrainer):
         return evaluate_site(partial(self.predict_slices, domain=domain), site_slices, self.structures, split,
                              hd95=hd95, progress=progress)
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def checkpoint(self, **meta) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "structures": list(self.structures),
-                "network": self.network.to_dict(), "preprocess": self.preprocess.to_dict(),
-                "train": self.train_config.to_dict(), "domains": list(self.domains), "model": self.get_weights(),
-                "meta": meta}
+    # ---- checkpoints (BaseTrainer.checkpoint / from_checkpoint) -----------------------------
+    config_class = TrainConfig
 
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict, method, device: str = "auto", **train_overrides) -> "SupervisedTrainer":
-        """Rebuild from a :meth:`checkpoint` dict (see :func:`fedxmodal.engine.base.read_checkpoint`)."""
-        trainer = cls(ckpt["structures"], method, network=UNetConfig.from_dict(ckpt["network"]),
-                      train=TrainConfig.from_dict({**ckpt.get("train", {}), **train_overrides}),
-                      preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]), device=device,
-                      domains=ckpt.get("domains", ()))
-        trainer.set_weights(ckpt["model"])
-        trainer.meta = ckpt.get("meta", {})
-        return trainer
+    @staticmethod
+    def network_record(network) -> dict:
+        return network.to_dict()
+
+    @staticmethod
+    def network_from_record(record):
+        return UNetConfig.from_dict(record)
 
     @classmethod
     def from_job_args(cls, args: dict, method, device: str = "auto") -> "SupervisedTrainer":
