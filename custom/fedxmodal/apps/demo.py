@@ -41,6 +41,8 @@ def run_demo(args) -> int:
         spec["num_rounds"] = args.rounds
     if getattr(args, "local_epochs", None):
         spec["client_args"]["local_epochs"] = args.local_epochs
+    if getattr(args, "fp32", False):
+        spec["client_args"]["train"] = {**spec["client_args"].get("train", {}), "amp": False}
     spec["client_args"]["seed"] = args.seed
     spec["model"]["args"]["init_seed"] = args.seed
     t_start = time.perf_counter()
@@ -71,6 +73,7 @@ def run_demo(args) -> int:
     print("[3/4] evaluating the final and best global models on both sites' test volumes", flush=True)
     sites = [SiteSlices(data / s, spec["client_args"]["structures"], progress=False) for s in SITES]
     summary = {"job": spec["name"], "num_rounds": spec["num_rounds"], "local_epochs": spec["client_args"]["local_epochs"],
+               "amp": spec["client_args"].get("train", {}).get("amp", True),
                "seed": args.seed, "simulator_seconds": wall, "models": {}}
     rows = []
     for tag, fname in (("final", "FL_global_model.pt"), ("best", "best_FL_global_model.pt")):
