@@ -6,8 +6,10 @@ AMP), measured in ONE run, variants interleaved (A B A B ..., order alternated),
 
 The FedGIN job's network (16-32-64-128 U-Net) and batch size 16 on 128x128 slices (random
 intensities, blob labels: throughput does not depend on content). Trainers measured:
-``supervised:gin`` and ``supervised:none`` (SupervisedTrainer, with and without GIN). A figure,
-not a test; run it on a quiet machine.
+``supervised:gin`` and ``supervised:none`` (SupervisedTrainer, with and without GIN),
+``adversarial:fedda`` (AdversarialTrainer: a segmentation and a discriminator step per batch) and
+``episodic:fedcowpro`` (EpisodicTrainer, the fedcowpro job's encoder, 4 episodes per step; figure
+in episodes/s). A figure, not a test; run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -36,8 +38,43 @@ def supervised(method: str, amp: bool, size: int, n: int, device: str):
     return trainer, lambda: trainer.fit(x, y, epochs=1, progress=False), n
 
 
+def adversarial(amp: bool, size: int, n: int, device: str):
+    """FedDA's AdversarialTrainer: segmentation step + discriminator step per batch, the reference
+    encoder (here the trainer's own initial weights) forwarded on the same batch."""
+    trainer, fit, n = supervised("fedda", amp, size, n, device)
+    trainer.set_reference(trainer.get_weights())
+    return trainer, fit, n
+
+
+def episodic(amp: bool, size: int, n: int, device: str):
+    """FedCoWPro's EpisodicTrainer with the job's encoder: ``n // 4`` steps of 4 episodes each
+    (episodes pre-drawn: the augmentations are not part of the figure)."""
+    import json
+
+    import torch
+
+    from fedxmodal.engine.episodic import EpisodicConfig
+    from fedxmodal.methods import build_trainer
+    from fedxmodal.methods.fedcowpro.episodes import EpisodeConfig, EpisodeSampler
+
+    spec = json.loads((Path(__file__).resolve().parents[1] / "jobs" / "specs" / "fedcowpro.json").read_text())
+    net = {k: v for k, v in spec["model"]["args"].items() if k != "init_seed"}
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, size, size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    sps = (1 + (yy >= size // 2).long() * 2 + (xx >= size // 2).long()).expand(8, size, size).clone()
+    sampler = EpisodeSampler(images, sps, EpisodeConfig(), seed=0)
+    batches = [sampler.batch(4) for _ in range(4)]
+    trainer = build_trainer(("organ",), network=net, train=EpisodicConfig(method="fedcowpro", amp=amp), device=device)
+    steps = max(1, n // 4)
+    cycle = iter(lambda: batches[trainer.global_step % len(batches)], None)
+    return trainer, lambda: trainer.fit(lambda: next(cycle), steps=steps), steps * 4
+
+
 TRAINERS = {"supervised:gin": lambda amp, a: supervised("gin", amp, a.size, a.n, a.device),
-            "supervised:none": lambda amp, a: supervised("none", amp, a.size, a.n, a.device)}
+            "supervised:none": lambda amp, a: supervised("none", amp, a.size, a.n, a.device),
+            "adversarial:fedda": lambda amp, a: adversarial(amp, a.size, a.n, a.device),
+            "episodic:fedcowpro": lambda amp, a: episodic(amp, a.size, a.n, a.device)}
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,7 @@ class EpisodicConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     val_episodes: int = 16
-    amp: bool = True  # mixed precision, used only on CUDA
+    amp: bool = True  # mixed precision where the device has it (CUDA float16, CPU bfloat16); False: float32
     seed: int = 0
 
     def to_dict(self) -> dict:
