@@ -22,6 +22,8 @@ is the supervised base, :class:`EpisodicMethod` the self-supervised one-shot bas
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 
 import torch
@@ -138,7 +140,7 @@ class PlainMethod(MethodBase):
         """Called with [(N_d, 1, H, W) training slices per domain] before training; no-op here."""
 
 
-class EpisodicMethod(MethodBase):
+class EpisodicMethod(MethodBase, abc.ABC):
     """A self-supervised few-shot method: trains on episodes built from unlabelled slices through
     :class:`~fedxmodal.engine.episodic.EpisodicTrainer`, segments a new volume from one labelled
     support volume. Its jobs run ``fl/episodic_site.py``. Subclasses implement ``build_network``,
@@ -157,21 +159,27 @@ class EpisodicMethod(MethodBase):
     def guard_declarations(cls, image_size: int, method_args: dict | None = None, model: dict | None = None) -> dict:
         return {"metrics": list(cls.SITE_METRICS)}
 
+    @abc.abstractmethod
     def build_network(self, **args) -> torch.nn.Module:
-        raise NotImplementedError
+        """See :mod:`fedxmodal.engine.episodic`."""
 
+    @abc.abstractmethod
     def episode_sampler(self, sites, split: str = "training", seed: int = 0):
-        raise NotImplementedError
+        """See :mod:`fedxmodal.engine.episodic`."""
 
+    @abc.abstractmethod
     def episode_loss(self, model, batch: dict) -> dict:
-        raise NotImplementedError
+        """See :mod:`fedxmodal.engine.episodic`."""
 
+    @abc.abstractmethod
     def evaluate_oneshot(self, model, support, queries, organs, use_priors: bool = True) -> dict:
-        raise NotImplementedError
+        """See :mod:`fedxmodal.engine.episodic`."""
 
+    @abc.abstractmethod
     def segment_with_support(self, model, support_images, support_organ, query_images, structure=None,
                              use_prior: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """See :mod:`fedxmodal.engine.episodic`."""
 
+    @abc.abstractmethod
     def preview_pseudo_labels(self, site_slices, out_png, split: str = "training", n_slices: int = 4):
-        raise NotImplementedError
+        """See :mod:`fedxmodal.engine.episodic`."""
