@@ -197,3 +197,14 @@ def test_precision_choice(monkeypatch, bf16_cpu, amp, expected):
     assert any(not torch.equal(w0[k], v) for k, v in w1.items())
     probs = trainer.predict_slices(x[:2])
     assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
+
+
+def test_train_cli_gives_a_method_the_network_it_needs(good_site, tmp_path):
+    """`train --method dualnorm` (two BN branches) used to fail: the regime applies the method's
+    network_overrides as compare does."""
+    out = tmp_path / "dn"
+    rc = main(["train", "--regime", "local", "--sites", str(good_site), "--structures", "liver,spleen",
+               "--epochs", "1", "--method", "dualnorm", "--out", str(out), "--batch-size", "8", "--size", "64"])
+    assert rc == 0
+    ckpt = torch.load(out / "final_model.pt", weights_only=False)
+    assert ckpt["network"]["norm_branches"] == 2 and ckpt["train"]["method"] == "dualnorm"

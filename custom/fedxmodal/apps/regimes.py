@@ -5,6 +5,7 @@ test split."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from ..data.slices import SiteSlices
 from ..metrics.report import write_evaluation
 from ..engine.base import seed_everything
 from ..engine.supervised import SupervisedTrainer, TrainConfig
-from ..methods import build_trainer, load_trainer
+from ..methods import build_trainer, load_trainer, method_class
 from ..networks.unet import UNetConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
         raise ValueError("--regime local trains on exactly one site")
     train = train or TrainConfig()
     preprocess = preprocess or PreprocessConfig()
+    # what the method needs of its network in this regime (Dual-Norm's two BN branches, DSBN's one per site)
+    network = dataclasses.replace(network or UNetConfig(),
+                                  **method_class(train.method).network_overrides(regime, len(train_sites)))
     seed_everything(train.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
