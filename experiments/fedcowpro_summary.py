@@ -73,6 +73,13 @@ def render_table(table, structures, modalities, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _exceeds(diff, a, b) -> str:
+    """(mean, sd, n) pairs: 'yes' / 'no' with 2+ seeds each, 'n/a (1 seed)' otherwise (no spread)."""
+    if min(a[2], b[2]) < 2:
+        return "n/a (1 seed)"
+    return "yes" if abs(diff) > a[1] + b[1] else "no"
+
+
 def spread_check(table, modalities) -> str:
     lines = ["### FedCoWPro (federated) against every other row: mean over structures, per query modality",
              "", "| other | setting | modality | FedCoWPro | other | difference | exceeds the spread |",
@@ -89,7 +96,7 @@ def spread_check(table, modalities) -> str:
                 continue
             diff = a[0] - b[0]
             lines.append(f"| {method} {regime} | {setting} | {m} | {fmt(*a)} | {fmt(*b)} | {100 * diff:+.1f} | "
-                         f"{'yes' if abs(diff) > a[1] + b[1] and min(a[2], b[2]) > 1 else 'no'} |")
+                         f"{_exceeds(diff, a, b)} |")
     return "\n".join(lines) + "\n"
 
 
