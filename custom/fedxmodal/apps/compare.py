@@ -22,7 +22,6 @@ refuses to mix cells of a different grid (budget, seed, task, sites) into the sa
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -127,10 +126,6 @@ class CompareGrid:
         return TrainConfig.from_dict({**train, "method": method, "method_args": self.method_args.get(method, {}),
                                       "seed": self.seed})
 
-    def _network(self, method, regime, n_domains):
-        return dataclasses.replace(config_from_job_model({"args": self.config["model"]}),
-                                   **method_class(method).network_overrides(regime, n_domains))
-
     def run_local_or_centralized(self, method, regime, cell_dir: Path) -> dict:
         from ..data.preprocess import PreprocessConfig
         from .regimes import train_regime
@@ -140,7 +135,8 @@ class CompareGrid:
         epochs = self.budget["rounds"] * self.budget["local_epochs"]
         res = train_regime(kind, [str(self.data / s) for s in train_sites], self.structures, cell_dir, epochs=epochs,
                            eval_sites=[str(self.data / s) for s in self.sites], train=self._train_config(method),
-                           network=self._network(method, kind, len(train_sites)),
+                           network=config_from_job_model({"args": self.config["model"]}),  # + the method's
+                           # overrides for the regime, applied by train_regime
                            preprocess=PreprocessConfig.from_dict(self.config["preprocess"]), device=self.device,
                            progress=False, validate_every=0)
         print(f"    trained {epochs} epochs on {res['n_train_slices']} slices in {res['seconds']:.0f} s", flush=True)

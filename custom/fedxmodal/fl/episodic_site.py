@@ -74,7 +74,7 @@ class EpisodicSite:
         self.trainer, self.data, self.site_name = trainer, data, site_name
         tc = trainer.train_config
         self.sampler = trainer.sampler(data, "training", seed=seed)  # superpixels: computed or read from the cache
-        fixed = trainer.sampler(data, "training", seed=seed + 1)
+        fixed = self.sampler.with_seed(seed + 1)  # the same slices and superpixels, other episodes
         self.val_batches = [fixed.batch(tc.batch_size) for _ in range(max(1, math.ceil(tc.val_episodes / tc.batch_size)))]
 
     @property

@@ -165,7 +165,8 @@ class EpisodicMethod(MethodBase, abc.ABC):
 
     @abc.abstractmethod
     def episode_sampler(self, sites, split: str = "training", seed: int = 0):
-        """See :mod:`fedxmodal.engine.episodic`."""
+        """A sampler over the sites' ``split``: ``len()`` (slices), ``batch(n)`` (a dict of episode
+        tensors) and ``with_seed(seed)`` (the same slices, other episodes)."""
 
     @abc.abstractmethod
     def episode_loss(self, model, batch: dict) -> dict:

@@ -129,6 +129,10 @@ class EpisodeSampler:
         raise RuntimeError(f"no episode with >= {self.config.min_fg_pixels} foreground pixels in "
                            f"{max_tries} draws; are the superpixels tiny?")
 
+    def with_seed(self, seed: int) -> "EpisodeSampler":
+        """A sampler over the same slices and superpixels with another seed (no recomputation)."""
+        return EpisodeSampler(self.images, self.superpixels, self.config, seed=seed)
+
     def batch(self, batch_size: int = 1) -> dict:
         """``batch_size`` episodes stacked: images/masks (B, 1, H, W), ``slice_index`` and
         ``superpixel`` (B,) long."""
