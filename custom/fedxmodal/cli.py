@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--src", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "totalseg-ct-mr"))
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_totalseg_pair)
+
+    from .apps.factory_cli import add_factory_parser
+
+    add_factory_parser(sub)
     return p
 
 

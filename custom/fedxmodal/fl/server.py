@@ -37,6 +37,7 @@ The state the three share travels in the FLContext property :data:`RESUME_STATE_
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import time
 import uuid
@@ -270,6 +271,7 @@ class ResumableFedAvg(FedAvg):
         aggregator=None,
         fedprox_mu: Optional[float] = None,
         site_payloads=None,
+        sample_seed: Optional[int] = None,
     ):
         """NVFlare's FedAvg (weighted by NUM_STEPS_CURRENT_ROUND, model persisted every round)
         that continues an interrupted run from the persistor's checkpoint (see module doc), and
@@ -292,6 +294,9 @@ class ResumableFedAvg(FedAvg):
                 sees every result before it is aggregated (``accept(result) -> result``: it may take
                 entries out) and the new global model after each round (``round_done(round, model)``).
                 The sites still train in parallel; the round's error policy is FedAvg's.
+            sample_seed: with ``num_clients`` below the connected sites, draw each round's sites
+                from this seed and the round number (a seed fixes the run; NVFlare's own draw is
+                unseeded). None: NVFlare's draw.
         """
         super().__init__(
             num_clients=num_clients,
@@ -306,7 +311,18 @@ class ResumableFedAvg(FedAvg):
         )
         self.ignore_result_error = ignore_result_error
         self.site_payloads = site_payloads
+        self.sample_seed = sample_seed
         self._total_rounds = num_rounds
+
+    def sample_clients(self, num_clients=None):
+        if self.sample_seed is None:
+            return super().sample_clients(num_clients)
+        clients = sorted(c.name for c in self.engine.get_clients())
+        if num_clients and num_clients < len(clients):
+            # a string seed is hashed the same way in every process (unlike hash())
+            clients = sorted(random.Random(f"{self.sample_seed}:{self.current_round}").sample(clients, num_clients))
+        self.info(f"round {self.current_round}: sampled sites {clients} (seed {self.sample_seed})")
+        return clients
 
     def load_model(self) -> FLModel:
         model = super().load_model()

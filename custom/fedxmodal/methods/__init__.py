@@ -15,6 +15,7 @@ from .butterworth import ButterworthHighPassMethod
 from .dsbn import DSBNMethod
 from .dualnorm import DualNormMethod
 from .fedda import FedDACyclicMethod, FedDAGINMethod, FedDAMethod
+from .factory import FactoryMethod
 from .fedcowpro import CoWProMethod, FedCoWProMethod, SSLALPNetMethod
 from .feddg import FedDGAmplitudeMethod
 from .fedprox import FedProxMethod
@@ -38,8 +39,10 @@ METHODS = {m.name: m for m in (
     SSLALPNetMethod,
     CoWProMethod,
     FedCoWProMethod,
+    FactoryMethod,
 )}
 DEFAULT_ONESHOT_METHOD = "fedcowpro"  # the self-supervised one-shot job's method (jobs/fedcowpro)
+DEFAULT_GAN_METHOD = "factory"  # the generative job's method (jobs/factory)
 
 
 def method_class(name: str):

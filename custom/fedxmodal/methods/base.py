@@ -17,7 +17,8 @@ A method owns every piece of itself (one module, or a package with its NVFlare p
 The trainer owns the loop, the optimizer, devices, AMP, logging and evaluation; methods never copy
 those. :class:`MethodBase` is what every method declares to the registry; :class:`PlainMethod`
 is the supervised base, :class:`EpisodicMethod` the self-supervised one-shot base (no labels;
-``needs_labels = False``, its own trainer and site script). Register a new method with one line in ``fedxmodal.methods.METHODS``.
+``needs_labels = False``, its own trainer and site script), :class:`GanMethod` the generative base
+(a conditional GAN of the sites' appearance; no labels). Register a new method with one line in ``fedxmodal.methods.METHODS``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.episodic import EpisodicTrainer
+from ..engine.gan import GanTrainer
 from ..engine.supervised import SupervisedTrainer
 from ..utils import import_by_path
 
@@ -184,3 +186,41 @@ class EpisodicMethod(MethodBase, abc.ABC):
     @abc.abstractmethod
     def preview_pseudo_labels(self, site_slices, out_png, split: str = "training", n_slices: int = 4):
         """See :mod:`fedxmodal.engine.episodic`."""
+
+
+class GanMethod(MethodBase, abc.ABC):
+    """A generative method: a conditional GAN of the sites' slices trained through
+    :class:`~fedxmodal.engine.gan.GanTrainer` (no labels). Its jobs run ``fl/gan_site.py``, which
+    calls ``site_data`` once, ``trainer.fit`` on its training batches every round, and judges the
+    received model with ``quality_metrics`` (``QUALITY_METRICS``, sent as aggregate scalars; the
+    job's key metric is the first, lower is better); ``site_pictures`` stay at the site."""
+
+    trainer = GanTrainer
+    needs_labels = False
+    site_script = "fl/gan_site.py"
+    regimes = ("federated", "centralized", "local")
+    QUALITY_METRICS: tuple = ()
+
+    @classmethod
+    def guard_declarations(cls, image_size: int, method_args: dict | None = None, model: dict | None = None) -> dict:
+        return {"metrics": list(cls.QUALITY_METRICS)}
+
+    @abc.abstractmethod
+    def build_network(self, **args) -> torch.nn.Module:
+        """The generator, discriminator and EMA generator in one module (the weights a federation averages)."""
+
+    @abc.abstractmethod
+    def site_data(self, trainer, data, site_name: str, seed: int = 0) -> dict:
+        """``{split: sampler}`` for ``training`` / ``validation`` / ``test`` of a
+        :class:`~fedxmodal.data.slices.SiteSlices` (a sampler: ``len()``, ``batch(n)`` -> the dict
+        :meth:`GanTrainer.fit` reads); raises ``ValueError`` naming the site if it cannot take part."""
+
+    @abc.abstractmethod
+    def quality_metrics(self, trainer, splits: dict, split: str) -> dict:
+        """Aggregate quality figures of the trainer's current model on ``splits[split]``."""
+
+    @abc.abstractmethod
+    def site_pictures(self, trainer, splits: dict, out_dir, current_round: int, total_rounds: int | None = None,
+                      writer=None) -> list:
+        """Pictures of the current model at the site (PNG files in ``out_dir``; images in ``writer``,
+        a local TensorBoard writer); returns the files written."""

@@ -36,7 +36,8 @@ def new_job(spec: JobSpec):
         name=spec.name,
         min_clients=spec.server.min_clients,
         model_selector=ResumableIntimeModelSelector(
-            key_metric=spec.server.key_metric, weigh_by_local_iter=spec.server.selection_weigh_by_train_items
+            key_metric=spec.server.key_metric, weigh_by_local_iter=spec.server.selection_weigh_by_train_items,
+            negate_key_metric=spec.server.key_metric_lower_is_better,
         ),
         analytics_receiver=TBAnalyticsReceiver(),
         convert_to_fed_event=guarded_analytics() if spec.privacy.output_guard else None,

@@ -37,6 +37,7 @@ def build_fedavg_job(spec: JobSpec):
         ResumableFedAvg(
             aggregator=instantiate(parts.aggregator) if parts.aggregator else None,
             num_clients=spec.server.clients_per_round,
+            sample_seed=spec.server.client_sampling_seed,
             num_rounds=spec.server.num_rounds,
             persistor_id=persistor,
             task_check_period=float(spec.server.task_check_period),

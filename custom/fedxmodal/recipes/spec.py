@@ -44,8 +44,9 @@ class ServerRuntime:
     """The server's protocol settings.
 
     num_rounds (total), min_clients (to start), clients_per_round (sampled; None: all);
-    key_metric / selection_weigh_by_train_items: the best global model by the sites' validation
-    metric (weighted like FedAvg); checkpoint_dir / resume: the checkpoint folder that outlives a
+    client_sampling_seed: sampled sites drawn from this seed and the round (None: NVFlare's
+    unseeded draw); key_metric / selection_weigh_by_train_items: the best global model by the
+    sites' validation metric (weighted like FedAvg); key_metric_lower_is_better (a distance); checkpoint_dir / resume: the checkpoint folder that outlives a
     run (``fedxmodal.fl.server``); cross_site_eval; task_request_interval / task_check_period:
     polling (s) -- NVFlare's defaults cost ~2 s a round; ignore_result_error: FedAvg's policy for
     a failed or refused site result (None: NVFlare's default).
@@ -54,7 +55,9 @@ class ServerRuntime:
     num_rounds: int = 2
     min_clients: int = 2
     clients_per_round: Optional[int] = None
+    client_sampling_seed: Optional[int] = None
     key_metric: str = "dice"
+    key_metric_lower_is_better: bool = False
     selection_weigh_by_train_items: bool = True
     checkpoint_dir: str = "fedxmodal_checkpoints"
     resume: bool = True

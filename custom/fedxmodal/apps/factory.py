@@ -1,0 +1,158 @@
+"""``python -m fedxmodal factory ...``: the data factory's phase 1 for a user.
+
+* ``factory run --data DIR --sites A B C --out OUT``: the phase-1 job (``jobs/specs/factory.json``)
+  on those site folders in ``nvflare simulator``; then the quality figure per site over rounds
+  (``quality.png``, from the sites' validation SWD streamed to the server's TensorBoard), a sample
+  grid per site and a morph between the first two sites from the final global model
+  (``samples.png``, ``morph.png``), and ``summary.json``. ``--no-key``: the ablation without the
+  domain key (``key_mix`` 0).
+* ``factory sample --model CKPT [--job JOB] --site NAME --n 16 --out grid.png [--data SITE_DIR]``;
+* ``factory morph --model CKPT [--job JOB] --sites A B --out morph.png``.
+
+The domain key is site-private: with ``--data`` (run where the site's data are, i.e. at the site)
+the key is computed from that site's training slices; without it the key is dropped and the
+generator is conditioned on the site embedding (and slice position) alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.preprocess import PreprocessConfig
+from ..data.slices import SiteSlices
+from ..deploy.simulator import run_simulator
+from ..methods.factory.pictures import plot_quality, save_rows
+from ..recipes.export import export_job
+from ..recipes.spec import load_spec
+from .curves import read_tb_scalars
+from .models import load_model
+
+REPO = Path(__file__).resolve().parents[3]
+SPEC = REPO / "jobs" / "specs" / "factory.json"
+
+
+def factory_spec(sites, rounds=None, local_steps=None, seed: int = 0, no_key: bool = False, quick: bool = False,
+                 clients_per_round=None) -> dict:
+    """The phase-1 job spec for these site folder names (their order = the site embedding's)."""
+    spec = load_spec(SPEC)
+    sites = list(sites)
+    ca = spec["client_args"]
+    ca["train"]["method_args"]["sites"] = sites
+    spec["model"]["args"].update(n_sites=len(sites), init_seed=seed)
+    if no_key:
+        spec["model"]["args"]["key_mix"] = 0.0
+        spec["name"] = "factory_nokey"
+    spec["min_clients"] = len(sites)
+    spec["clients_per_round"] = min(clients_per_round or spec["clients_per_round"], len(sites))
+    spec["client_sampling_seed"] = ca["seed"] = seed
+    if quick:
+        spec["num_rounds"], ca["local_steps"] = 2, 4
+        ca["train"]["method_args"]["quality_samples"] = 8
+    if rounds:
+        spec["num_rounds"] = int(rounds)
+    if local_steps:
+        ca["local_steps"] = int(local_steps)
+    return spec
+
+
+def site_key(trainer, site_dir, site_name: str):
+    """The site's domain key from its training slices (run at the site), and its index."""
+    method = trainer.method
+    data = SiteSlices(site_dir, (), trainer.preprocess, progress=False)
+    splits = method.site_data(trainer, data, site_name)
+    return splits["training"]
+
+
+def sample_rows(trainer, sites, site_dirs=None, n: int = 8, seed: int = 0) -> list:
+    """One row of ``n`` generated slices per site (positions spread over the volume)."""
+    cfg = trainer.model.config
+    zbins = torch.linspace(0, cfg.n_zbins - 1, n).round().long()
+    rows = []
+    for name in sites:
+        index = trainer.method.site_index(name)
+        if site_dirs and name in site_dirs:
+            key, keep, how = site_key(trainer, site_dirs[name], name).key, True, "site + key"
+        else:
+            key, keep, how = torch.zeros(cfg.key_dim), False, "site only (no key here)"
+        rows.append((f"{name}: {how}", trainer.sample(index, key, zbins, n=n, seed=seed, key_keep=keep)))
+    return rows
+
+
+@torch.no_grad()
+def morph_images(trainer, site_a: str, site_b: str, steps: int = 8, seed: int = 0, zbin=None):
+    """(steps, 1, S, S): the EMA generator's slice for one z, its w moving linearly from site A's
+    condition to site B's (keys dropped: the morph is between the sites' embeddings)."""
+    cfg = trainer.model.config
+    g = trainer.model.generator_ema
+    z = torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(trainer.device)
+    zb = torch.tensor([cfg.n_zbins // 2 if zbin is None else int(zbin)], device=trainer.device)
+    key = torch.zeros(1, cfg.key_dim, device=trainer.device)
+    keep = torch.zeros(1, dtype=torch.bool, device=trainer.device)
+    ws = [g.mapping(z, torch.tensor([trainer.method.site_index(s)], device=trainer.device), key, zb, key_keep=keep)
+          for s in (site_a, site_b)]
+    t = torch.linspace(0, 1, steps, device=trainer.device)[:, None]
+    w = torch.lerp(ws[0].expand(steps, -1), ws[1].expand(steps, -1), t)
+    return g.synthesis(w[:, None].expand(-1, g.num_ws, -1), noise_mode="const").float().cpu()
+
+
+def run(args) -> int:
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    sites = list(args.sites)
+    missing = [s for s in sites if not (data / s / "dataset.json").is_file()]
+    if missing:
+        raise SystemExit(f"error: {data}: no site folder(s) {missing} (write them with `python -m fedxmodal demo-data "
+                         "--factory --out DIR`)")
+    spec = factory_spec(sites, args.rounds, args.local_steps, args.seed, args.no_key, args.quick)
+    out.mkdir(parents=True, exist_ok=True)
+    job = export_job(out / "jobs", spec)
+    workspace, ckpt = out / "workspace", out / "checkpoints"
+    if not args.resume:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    shutil.rmtree(workspace, ignore_errors=True)
+    env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(ckpt),
+           "FEDXMODAL_SITE_STATE_DIR": str(out / "site_state"), "PYTHONUNBUFFERED": "1"}
+    print(f"factory phase 1: sites {', '.join(sites)}, {spec['num_rounds']} rounds x "
+          f"{spec['client_args']['local_steps']} steps, {spec['clients_per_round']} of {len(sites)} sites per round, "
+          f"seed {args.seed}{', NO domain key' if args.no_key else ''}", flush=True)
+    wall = run_simulator(job, workspace, env, out / "simulator.log", spec["num_rounds"], sites=sites)
+    run_dir = workspace / "server" / "simulate_job"
+    curves = read_tb_scalars(run_dir / "tb_events")
+    plot_quality(curves, out / "quality.png", title=f"factory quality per site ({'no key' if args.no_key else 'with key'})")
+    trainer = load_model(run_dir / "app_server" / "FL_global_model.pt", job, device="cpu")
+    site_dirs = {s: data / s for s in sites}
+    save_rows(sample_rows(trainer, sites, site_dirs), out / "samples.png", title="final global model (EMA generator)")
+    if len(sites) > 1:
+        save_rows([(f"{sites[0]} -> {sites[1]}", morph_images(trainer, sites[0], sites[1]))], out / "morph.png")
+    final = {site: {tag.split("/", 1)[1]: vals[-1][1] for tag, vals in tags.items() if tag.startswith("val/swd")}
+             for site, tags in curves.items()}
+    summary = {"sites": sites, "num_rounds": spec["num_rounds"], "local_steps": spec["client_args"]["local_steps"],
+               "clients_per_round": spec["clients_per_round"], "seed": args.seed, "no_key": bool(args.no_key),
+               "simulator_seconds": wall, "last_validation": final, "curves": curves}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"done in {wall:.0f} s: {out}/quality.png, samples.png, morph.png, summary.json")
+    for site, figs in final.items():
+        print(f"  {site}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figs.items())))
+    return 0
+
+
+def sample(args) -> int:
+    trainer = load_model(args.model, args.job, device="cpu")
+    dirs = {args.site: Path(args.data)} if args.data else None
+    (label, images), = sample_rows(trainer, [args.site], dirs, n=args.n, seed=args.seed)
+    save_rows([(label, images)], args.out, title=f"{args.site}: {args.n} generated slices (seed {args.seed})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def morph(args) -> int:
+    trainer = load_model(args.model, args.job, device="cpu")
+    a, b = args.sites
+    save_rows([(f"{a} -> {b}", morph_images(trainer, a, b, steps=args.steps, seed=args.seed))], args.out)
+    print(f"wrote {args.out}")
+    return 0

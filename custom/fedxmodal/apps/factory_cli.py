@@ -1,0 +1,42 @@
+"""The ``factory`` command's arguments (parsing only: the work is imported when a subcommand runs)."""
+
+from __future__ import annotations
+
+
+def cmd_factory(args) -> int:
+    from . import factory
+
+    return {"run": factory.run, "sample": factory.sample, "morph": factory.morph}[args.factory_func](args)
+
+
+def add_factory_parser(sub) -> None:
+    p = sub.add_parser("factory", help="the data factory (seed 002), phase 1: run the federated GAN, sample, morph")
+    fs = p.add_subparsers(dest="factory_command", required=True)
+    s = fs.add_parser("run", help="the phase-1 job in nvflare simulator, then quality curves and sample grids")
+    s.add_argument("--data", required=True, help="folder holding the site folders")
+    s.add_argument("--sites", nargs="+", default=["ct-site", "mr-site", "mr-t1-site"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--rounds", type=int)
+    s.add_argument("--local-steps", type=int)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-key", action="store_true", help="ablation: no domain key in the condition")
+    s.add_argument("--quick", action="store_true", help="2 rounds x 4 steps (a smoke run)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    s.set_defaults(func=cmd_factory, factory_func="run")
+    s = fs.add_parser("sample", help="a grid of generated slices for one site")
+    s.add_argument("--model", required=True, help="a factory checkpoint, or the server's FL_global_model.pt with --job")
+    s.add_argument("--job", help="the job folder of an NVFlare global model")
+    s.add_argument("--site", required=True)
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data", help="the site's folder: condition on its domain key (run at the site)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_factory, factory_func="sample")
+    s = fs.add_parser("morph", help="slices morphing from one site's condition to another's")
+    s.add_argument("--model", required=True)
+    s.add_argument("--job")
+    s.add_argument("--sites", nargs=2, required=True)
+    s.add_argument("--steps", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_factory, factory_func="morph")
