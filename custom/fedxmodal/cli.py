@@ -24,12 +24,21 @@ def _add_task(p) -> None:
 
 
 def cmd_demo_data(args) -> int:
-    from .data.phantom import write_phantom_federation
+    from .data.phantom import DEFAULT_SITES, FACTORY_SITES, LATE_SITES, write_phantom_federation
 
-    sites = write_phantom_federation(args.out, seed=args.seed, task=args.task, n_train=args.n_train,
-                                     n_val=args.n_val, n_test=args.n_test, progress=not args.quiet)
+    chosen = FACTORY_SITES + LATE_SITES if args.factory else (args.sites or DEFAULT_SITES)
+    try:
+        sites = write_phantom_federation(args.out, seed=args.seed, task=args.task, n_train=args.n_train,
+                                         n_val=args.n_val, n_test=args.n_test, progress=not args.quiet, sites=chosen)
+    except ValueError as exc:  # an unknown site name (the message lists the valid ones), negative counts
+        print(f"error: demo-data: {exc}", file=sys.stderr)
+        return 2
     for name, path in sites.items():
         print(f"{name}: {path}")
+    if args.preview:
+        from .apps.previews import save_sites_preview
+
+        print(f"preview: {save_sites_preview(list(sites.values()), args.preview)}")
     return 0
 
 
@@ -195,11 +204,29 @@ def cmd_superpixels(args) -> int:
 def cmd_totalseg_pair(args) -> int:
     from .data.sites import TOTALSEG_ABDOMEN_LABELS, write_slab_site
 
+    real = ("ct-site", "mr-site")
+    extra = tuple(dict.fromkeys(args.with_phantom_sites or ()))
+    if set(extra) & set(real):
+        print(f"error: totalseg-pair: --with-phantom-sites {' '.join(sorted(set(extra) & set(real)))}: those "
+              "folders hold the real pair; choose among the other phantom sites (e.g. mr-t1-site cect-site)",
+              file=sys.stderr)
+        return 2
     src = Path(args.src)
     for site, mod, sub in (("ct-site", "CT", "ct"), ("mr-site", "MR", "mr")):
         d = write_slab_site(src / sub / f"{sub}.nii.gz", src / sub / "seg.nii.gz", Path(args.out) / site, mod,
                             TOTALSEG_ABDOMEN_LABELS, name=site)
         print(f"{site}: {d} ({json.loads((d / 'dataset.json').read_text())['description']})")
+    if extra:
+        from .data.phantom import write_phantom_federation
+
+        try:
+            written = write_phantom_federation(args.out, seed=args.seed, task="abdomen", sites=extra,
+                                               progress=False)
+        except ValueError as exc:
+            print(f"error: totalseg-pair: {exc}", file=sys.stderr)
+            return 2
+        for name, path in written.items():
+            print(f"{name}: {path} (procedural phantom, abdomen, seed {args.seed})")
     return 0
 
 
@@ -220,13 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("demo-data", help="write the procedural phantom federation (ct-site, mr-site)")
+    s = sub.add_parser("demo-data", help="write the procedural phantom federation (ct-site, mr-site; "
+                                         "--sites / --factory: also mr-t1-site, cect-site)")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--task", choices=("abdomen", "heart"), default="abdomen")
     s.add_argument("--n-train", type=int, default=6)
     s.add_argument("--n-val", type=int, default=2)
     s.add_argument("--n-test", type=int, default=3)
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--sites", nargs="+", metavar="SITE",
+                       help="site folders to write, among ct-site (CT), mr-site (T2-like MR), mr-t1-site "
+                            "(T1-like MR), cect-site (portal-venous CT); default: ct-site mr-site")
+    which.add_argument("--factory", action="store_true", help="all four: the data factory's phase-1 sites "
+                                                              "ct-site mr-site mr-t1-site + the late cect-site")
+    s.add_argument("--preview", metavar="PNG", help="also write one mid-slice per site, side by side, with the "
+                                                    "label contours")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo_data)
 
@@ -339,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(each volume split into disjoint axial slabs)")
     s.add_argument("--src", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "totalseg-ct-mr"))
     s.add_argument("--out", required=True)
+    s.add_argument("--with-phantom-sites", nargs="+", metavar="SITE",
+                   help="also write these procedural phantom sites (abdomen) into OUT, e.g. mr-t1-site cect-site: "
+                        "a federation of two real domains + phantom ones")
+    s.add_argument("--seed", type=int, default=0, help="the phantom sites' seed")
     s.set_defaults(func=cmd_totalseg_pair)
 
     from .apps.factory_cli import add_factory_parser

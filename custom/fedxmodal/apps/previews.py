@@ -21,9 +21,9 @@ import torch
 
 from fedxmodal.transforms.gin import GINAugment, GINIPAAugment
 
-from .overlay import save_overlay
+from .overlay import _window, save_overlay, structure_color, to_ras, view_slice
 
-__all__ = ["save_gin_gallery", "save_ipa_gallery", "load_middle_axial_slice", "save_preview_png"]
+__all__ = ["save_gin_gallery", "save_ipa_gallery", "load_middle_axial_slice", "save_preview_png", "save_sites_preview"]
 
 
 def _as_image_tensor(image_2d: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
@@ -160,6 +160,39 @@ def save_preview_png(site_dir, out_png, case: int = 0) -> Path:
     return save_overlay(np.asarray(img.dataobj, np.float32), np.asarray(lab.dataobj).astype(np.uint8), img.affine,
                         out_png, names, modality=ds["modality"], axial=3, coronal=1, ncols=2,
                         title=f"{ds['name']} ({ds['modality']}) {entry['image']}")
+
+
+def save_sites_preview(site_dirs, out_png, case: int = 0) -> Path:
+    """PNG with one axial slice per site (training case ``case``, the slice with the most labelled voxels),
+    side by side in radiological view, each structure's contour in one colour across sites (by name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(site_dirs), figsize=(3.2 * len(site_dirs), 3.6), squeeze=False)
+    colours: dict[str, int] = {}
+    for ax, site_dir in zip(axes[0], map(Path, site_dirs)):
+        ds = json.loads((site_dir / "dataset.json").read_text())
+        entry = ds["training"][case]
+        img, lab = nib.load(site_dir / entry["image"]), nib.load(site_dir / entry["label"])
+        image, zooms = to_ras(np.asarray(img.dataobj, np.float32), img.affine)
+        label = to_ras(np.asarray(lab.dataobj).astype(np.uint8), lab.affine)[0]
+        k = int(np.argmax((label > 0).sum(axis=(0, 1))))
+        lo, hi = _window(image, ds["modality"])
+        ax.imshow(view_slice(image, "axial", k), cmap="gray", vmin=lo, vmax=hi, aspect=zooms[1] / zooms[0])
+        for i, name in ((int(i), n) for i, n in ds["labels"].items() if int(i) > 0):
+            if (m := view_slice(label, "axial", k) == i).any():
+                ax.contour(m, levels=[0.5], colors=[structure_color(colours.setdefault(name, len(colours) + 1))],
+                           linewidths=1.0)
+        ax.set_title(f"{ds['name']} ({ds['modality']})\naxial {k + 1}/{image.shape[2]}", fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle("radiological view: patient's right on the left; contours: " + ", ".join(colours), fontsize=7)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
 
 
 def main(argv=None) -> None:

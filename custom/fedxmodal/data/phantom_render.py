@@ -43,6 +43,12 @@ _TISSUE_TABLE = [
 ]
 TISSUES = {row[0]: i for i, row in enumerate(_TISSUE_TABLE)}
 _PROPS = np.array([row[1:] for row in _TISSUE_TABLE], np.float32)
+PROPERTY_COLUMNS = ("ct_hu", "ct_enhancement", "ct_texture", "mr_t2", "mr_ssfp", "mr_texture")
+
+
+def tissue_property(column: str) -> np.ndarray:
+    """A copy of one column of the tissue table (index = tissue id), e.g. ``"ct_hu"``."""
+    return _PROPS[:, PROPERTY_COLUMNS.index(column)].copy()
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ def smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
     return f / max(float(f.std()), 1e-6)
 
 
-def _texture(rng, shape, coarse=None) -> np.ndarray:
+def texture(rng, shape, coarse=None) -> np.ndarray:
+    """Relative texture field: fine smooth noise + the subject's ``coarse`` field (drawn if None)."""
     if coarse is None:
         coarse = smooth_noise(rng, shape, (3.0, 3.0, 1.0))
     return 0.7 * smooth_noise(rng, shape, (0.8, 0.8, 0.4)) + 0.7 * coarse
@@ -193,7 +200,7 @@ def render_ct(tissue: np.ndarray, rng: np.random.Generator, contrast: float, coa
     texture, partial-volume blur and Gaussian noise (sigma 10-20 HU)."""
     hu = _PROPS[:, 0] + np.float32(contrast) * _PROPS[:, 1] + rng.normal(0, 5, len(_PROPS)).astype(np.float32)
     hu[0] = -1000
-    img = hu[tissue] + _PROPS[:, 2][tissue] * _texture(rng, tissue.shape, coarse)
+    img = hu[tissue] + _PROPS[:, 2][tissue] * texture(rng, tissue.shape, coarse)
     img = ndimage.gaussian_filter(img, (0.6, 0.6, 0.3))
     img += np.float32(rng.uniform(10, 20)) * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
@@ -215,7 +222,7 @@ def render_mr(tissue: np.ndarray, rng: np.random.Generator, sequence: str = "t2"
     global gain and Rician noise."""
     col = {"t2": 3, "ssfp": 4}[sequence]
     level = _PROPS[:, col] * rng.uniform(0.9, 1.1, len(_PROPS)).astype(np.float32)
-    img = level[tissue] * (1 + _PROPS[:, 5][tissue] * _texture(rng, tissue.shape, coarse))
+    img = level[tissue] * (1 + _PROPS[:, 5][tissue] * texture(rng, tissue.shape, coarse))
     img = ndimage.gaussian_filter(img, (0.6, 0.6, 0.3))
     gain = np.float32(rng.uniform(0.6, 1.6))
     img *= bias_field(rng, tissue.shape, rng.uniform(0.18, 0.28)) * gain
