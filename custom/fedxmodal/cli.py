@@ -83,39 +83,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def split_models_and_sites(models, site_dirs) -> tuple[list[str], list[str]]:
-    """``evaluate``'s checkpoints and site folders, whatever their order on the command line:
-    ``--model`` takes several values, so ``--model A.pt site1 site2`` hands it the site folders
-    too; folders among them are site folders. Raises ``FileNotFoundError`` naming a path that is
-    neither, and ``ValueError`` when no checkpoint or no site folder is left."""
-    ckpts, sites = [], list(site_dirs)
-    for item in models:
-        path = Path(item)
-        if path.is_dir():
-            sites.append(item)
-        elif path.is_file():
-            ckpts.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: not found (neither a model checkpoint nor a site folder)")
-    for item in sites:
-        if Path(item).is_file():
-            raise ValueError(f"{item} is a file, not a site folder: pass checkpoints with --model")
-        if not (Path(item) / "dataset.json").is_file():
-            raise FileNotFoundError(f"{item}: not a site folder (no dataset.json)")
-    if not ckpts:
-        raise ValueError("no model checkpoint: pass one or more with --model CKPT")
-    if not sites:
-        raise ValueError(f"no site folder to evaluate on (--model got {', '.join(models)}): "
-                         "pass site folders (folders with a dataset.json)")
-    return ckpts, sites
-
-
 def cmd_evaluate(args) -> int:
     from .data.slices import SiteSlices
     from .apps.models import load_model
     from .metrics.report import cross_modality_matrix, write_evaluation
 
     try:
+        from .apps.models import split_models_and_sites
+
         args.model, args.site_dirs = split_models_and_sites(args.model, args.site_dirs)
     except ValueError as exc:
         print(f"error: evaluate: {exc}", file=sys.stderr)
