@@ -18,7 +18,7 @@ import torch
 
 from fedxmodal.engine.base import cpu_supports_bf16
 from fedxmodal.engine.gan import GanConfig, GanTrainer
-from fedxmodal.networks.stylegan_disc import FactoryGAN
+from fedxmodal.networks.gan import FactoryGAN
 
 
 class _Method:

@@ -125,7 +125,7 @@ def _factory_trainer(**train):
     from fedxmodal.engine.gan import GanConfig
     from fedxmodal.methods import build_trainer
 
-    cfg = GanConfig(method="factory", method_args={"sites": ["s0", "s1", "s2"], "quality_samples": 8},
+    cfg = GanConfig(method="data_factory", method_args={"sites": ["s0", "s1", "s2"], "quality_samples": 8},
                     batch_size=4, steps=3, amp=False, **train)
     return build_trainer((), _tiny_network(), cfg, device="cpu")
 
@@ -166,11 +166,11 @@ def test_factory_site_parts_recreate_the_optimizers_each_round():
     data = ConditionedSlices([torch.randn(8, 1, 32, 32)], 0, torch.randn(16), 4)
     trainer.fit(lambda: data.batch(4), steps=2)
     assert any(trainer.optimizers["generator"].state.values())
-    parts = method_class("factory").build_site_parts(trainer, None, "s0")
+    parts = method_class("data_factory").build_site_parts(trainer, None, "s0")
     parts.before_training(None)
     assert not any(trainer.optimizers["generator"].state.values())
     assert not any(trainer.optimizers["discriminator"].state.values())
-    sp = method_class("factory").server_parts(3)
+    sp = method_class("data_factory").server_parts(3)
     assert sp.aggregator["path"].endswith("UniformAggregator")
 
 

@@ -14,7 +14,8 @@ from fedxmodal.engine.base import read_checkpoint
 from fedxmodal.engine.gan import GanConfig, GanTrainer
 from fedxmodal.losses.gan import PathLengthRegularizer, d_logistic, g_nonsaturating, r1_penalty
 from fedxmodal.networks.stylegan import StyleGANConfig, StyleGenerator
-from fedxmodal.networks.stylegan_disc import FactoryGAN, minibatch_stddev
+from fedxmodal.networks.gan import FactoryGAN
+from fedxmodal.networks.stylegan_disc import minibatch_stddev
 
 TINY = dict(image_size=16, z_dim=32, w_dim=32, mapping_layers=2, max_channels=32, min_channels=16,
             n_sites=2, key_dim=8, n_zbins=4, cond_dim=32)

@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
-from ..data.preprocess import PreprocessConfig
 from ..data.slices import SiteSlices
 from ..deploy.simulator import run_simulator
 from ..methods.factory.pictures import plot_quality, save_rows
@@ -71,7 +69,7 @@ def site_key(trainer, site_dir, site_name: str):
 
 def sample_rows(trainer, sites, site_dirs=None, n: int = 8, seed: int = 0) -> list:
     """One row of ``n`` generated slices per site (positions spread over the volume)."""
-    cfg = trainer.model.config
+    cfg = trainer.model.cfg
     zbins = torch.linspace(0, cfg.n_zbins - 1, n).round().long()
     rows = []
     for name in sites:
@@ -88,7 +86,7 @@ def sample_rows(trainer, sites, site_dirs=None, n: int = 8, seed: int = 0) -> li
 def morph_images(trainer, site_a: str, site_b: str, steps: int = 8, seed: int = 0, zbin=None):
     """(steps, 1, S, S): the EMA generator's slice for one z, its w moving linearly from site A's
     condition to site B's (keys dropped: the morph is between the sites' embeddings)."""
-    cfg = trainer.model.config
+    cfg = trainer.model.cfg
     g = trainer.model.generator_ema
     z = torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(trainer.device)
     zb = torch.tensor([cfg.n_zbins // 2 if zbin is None else int(zbin)], device=trainer.device)

@@ -2,7 +2,7 @@
 trained on a site's real slices and their conditions -- phase 1 of a federated data factory.
 
 The trainer is given its method object, which brings ``build_network(**network)`` -> a
-:class:`fedxmodal.networks.stylegan_disc.FactoryGAN` (the weights a federation averages: G, D and
+:class:`fedxmodal.networks.gan.FactoryGAN` (the weights a federation averages: G, D and
 EMA-G alike). ``fit(next_batch, steps)`` runs ``steps`` G+D steps; ``next_batch()`` returns REAL
 slices with their conditions::
 

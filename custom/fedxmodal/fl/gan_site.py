@@ -6,7 +6,7 @@ This script names no method.
 No label is read. The method turns the site's slices into conditioned training batches once (the
 factory: intensities to [-1, 1], slice positions, the site's domain key -- all kept here); each
 round trains ``local_steps`` G+D steps (the optimizers re-created by the method's site part) and
-every few rounds writes sample grids to the site's own folder (``<state dir>/pictures``, PNG, and
+every few rounds writes sample grids to the site's own folder (``<state dir>/<site>/pictures``, PNG, and
 a local TensorBoard there: generated images do not travel with the metrics). Validation of the
 received model: the method's quality figures on the validation split (the factory: SWD of
 generated vs real slices, lower is better), sent as site-level scalars; cross-site evaluation the
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
         data_dir = resolve_site_config(site.site_name).data_dir
         data = SiteSlices(data_dir, tuple(args["structures"]), PreprocessConfig.from_dict(args["preprocess"]),
                           progress=False)
-        runner = GanSite(trainer, data, site.site_name, site.seed, pictures_dir=os.path.join(state_dir, "pictures"))
+        runner = GanSite(trainer, data, site.site_name, site.seed, pictures_dir=os.path.join(state_dir, site.site_name, "pictures"))
     except (DataError, ValueError) as exc:
         raise RuntimeError(f"site {site.site_name}: cannot take part: {exc}") from None
     parts = method_class(args["method"]).build_site_parts(trainer, None, site.site_name, state_dir=state_dir)

@@ -42,7 +42,7 @@ METHODS = {m.name: m for m in (
     FactoryMethod,
 )}
 DEFAULT_ONESHOT_METHOD = "fedcowpro"  # the self-supervised one-shot job's method (jobs/fedcowpro)
-DEFAULT_GAN_METHOD = "factory"  # the generative job's method (jobs/factory)
+DEFAULT_GAN_METHOD = "data_factory"  # the generative job's method (jobs/factory)
 
 
 def method_class(name: str):

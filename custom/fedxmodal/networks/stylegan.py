@@ -16,7 +16,7 @@ generator: a learned 4x4 constant, per resolution two modulated/demodulated 3x3 
 everywhere; the mapping's lr multiplier (0.01) lives inside its layers, so one Adam lr fits all.
 
 Sizes with the defaults at 64 px: channels 256-128-64-32-32 (4..64 px), ``num_ws`` 10,
-generator 1.93 M parameters; discriminator (:mod:`.stylegan_disc`) 2.37 M; :class:`FactoryGAN`
+generator 1.93 M parameters; discriminator (:mod:`.stylegan_disc`) 2.37 M; :class:`~.gan.FactoryGAN`
 (G + D + EMA-G) 6.24 M (6.34 M at 128 px).
 """
 
@@ -208,7 +208,11 @@ class StyledLayer(nn.Module):
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim, upsample=upsample)
         self.noise_strength = nn.Parameter(torch.zeros(()))
-        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        # fixed noise, the same in every process (seeded by the resolution) and not in the state
+        # dict: a federation never ships an image-sized tensor
+        self.register_buffer("noise_const", torch.randn(resolution, resolution,
+                                                        generator=torch.Generator().manual_seed(resolution)),
+                             persistent=False)
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The projection discriminator of the conditional StyleGAN2-lite, and :class:`FactoryGAN`, the
-three networks a data-factory site trains and a federation averages (G, D, EMA-G).
+"""The projection discriminator of the conditional StyleGAN2-lite (its generator:
+:mod:`.stylegan`; the two with the EMA generator in one module: :mod:`.gan`).
 
 Discriminator: StyleGAN2's residual D -- FromGray (1x1 conv), one residual block per resolution
 S..8 (two 3x3 convs, the second followed by 2x2 average-pool downsampling; a 1x1 skip; sum
@@ -11,16 +11,15 @@ the official code. Equalized learning rate everywhere.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stylegan import SQRT2, ConditionEmbedding, EqualLinear, StyleGANConfig, StyleGenerator
+from .stylegan import SQRT2, ConditionEmbedding, EqualLinear, StyleGANConfig
 
-__all__ = ["EqualConv2d", "ProjectionDiscriminator", "FactoryGAN", "minibatch_stddev"]
+__all__ = ["EqualConv2d", "ProjectionDiscriminator", "minibatch_stddev"]
 
 
 class EqualConv2d(nn.Module):
@@ -107,38 +106,3 @@ class ProjectionDiscriminator(nn.Module):
         phi = self.features(image)
         c = self.embed(site, key, zbin, key_keep).to(phi.dtype)
         return (phi * c).sum(1) / math.sqrt(self.cfg.cond_dim)
-
-
-class FactoryGAN(nn.Module):
-    """The data factory's networks from one :class:`StyleGANConfig`: ``generator``,
-    ``discriminator`` and ``generator_ema`` (a frozen copy of G that follows it by EMA; always
-    in eval mode). State-dict keys are prefixed by these names; a federation averages all three.
-
-    With the defaults at 64 px: G 1.93 M, D 2.37 M, total 6.24 M parameters (6.34 M at 128 px).
-    """
-
-    def __init__(self, cfg: StyleGANConfig | None = None):
-        super().__init__()
-        self.cfg = cfg or StyleGANConfig()
-        self.generator = StyleGenerator(self.cfg)
-        self.discriminator = ProjectionDiscriminator(self.cfg)
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
-
-    @classmethod
-    def from_args(cls, **kwargs) -> "FactoryGAN":
-        """Build from :class:`StyleGANConfig` keyword arguments (a job's model ``args``)."""
-        return cls(StyleGANConfig.from_dict(kwargs))
-
-    def train(self, mode: bool = True) -> "FactoryGAN":
-        super().train(mode)
-        self.generator_ema.eval()  # never trained: w_avg is copied from G, not re-estimated
-        return self
-
-    @torch.no_grad()
-    def update_ema(self, beta: float) -> None:
-        """generator_ema <- beta * generator_ema + (1 - beta) * generator (parameters); buffers
-        (w_avg, constant noise) copied."""
-        for p_ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - beta)
-        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            b_ema.copy_(b)

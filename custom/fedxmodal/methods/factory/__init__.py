@@ -29,7 +29,7 @@ class FactoryMethod(GanMethod):
     picture_every: rounds between two sample grids at a site.
     """
 
-    name = "factory"
+    name = "data_factory"
     label = "data factory, phase 1 (conditional StyleGAN2-lite, FedAvg)"
     site_parts = "fedxmodal.methods.factory.site.FactorySiteParts"
     QUALITY_METRICS = ("swd", "swd_nokey", "swd_other", "swd_floor")
@@ -47,9 +47,9 @@ class FactoryMethod(GanMethod):
         return ServerParts(aggregator={"path": "fedxmodal.methods.factory.aggregator.UniformAggregator", "args": {}})
 
     def build_network(self, **args):
-        from ...networks.stylegan import FactoryGAN
+        from ...networks.gan import FactoryGAN
 
-        return FactoryGAN(**args)
+        return FactoryGAN.from_args(**args)
 
     def site_index(self, site_name: str) -> int:
         if site_name not in self.sites:
@@ -59,7 +59,7 @@ class FactoryMethod(GanMethod):
 
     def site_data(self, trainer, data, site_name: str, seed: int = 0) -> dict:
         index = self.site_index(site_name)
-        cfg = trainer.model.config
+        cfg = trainer.model.cfg
         n_zbins, key_dim = cfg.n_zbins, cfg.key_dim
         train = site_slices(data, "training", index, n_zbins, key_dim=key_dim, seed=seed)
         out = {"training": train}

@@ -11,8 +11,9 @@ import torch
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, S, S) in about [-1, 1] -> (N, S, S) uint8 (values outside clipped)."""
-    x = images.detach().float().cpu()[:, 0]
+    """(N, 1, S, S) RAS slices (the preprocessed grid: x, y) in about [-1, 1] -> (N, S, S) uint8
+    in radiological view (anterior up, patient's right on the left; values outside clipped)."""
+    x = images.detach().float().cpu()[:, 0].flip(1, 2).transpose(1, 2)
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
