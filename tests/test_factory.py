@@ -265,3 +265,24 @@ def test_phase1_job_in_the_simulator_samples_two_of_three_and_resumes(tmp_path):
     assert any("val/swd" in tags for tags in curves.values())
     log3, _ = run(3)
     assert "Resuming at round 2 of 3" in log3 and log3.count("sampled sites") == 1
+
+
+def test_factory_sample_and_morph_commands(tmp_path):
+    from fedxmodal.cli import main
+
+    trainer = _factory_trainer()
+    ckpt = trainer.save(tmp_path / "factory.pt")
+    assert main(["factory", "sample", "--model", str(ckpt), "--site", "s2", "--n", "4", "--out",
+                 str(tmp_path / "grid.png")]) == 0
+    assert main(["factory", "morph", "--model", str(ckpt), "--sites", "s0", "s1", "--steps", "3", "--out",
+                 str(tmp_path / "morph.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "morph.png").stat().st_size > 0
+    from fedxmodal.apps.factory import morph_images
+
+    frames = morph_images(trainer, "s0", "s1", steps=3)
+    ends = [trainer.sample(i, torch.zeros(16), 2, n=1, seed=0, key_keep=False) for i in (0, 1)]
+    assert frames.shape == (3, 1, 32, 32)
+    assert torch.allclose(frames[0], ends[0][0], atol=1e-4) and torch.allclose(frames[-1], ends[1][0], atol=1e-4)
+    with pytest.raises(SystemExit):
+        main(["factory", "sample", "--model", str(ckpt), "--n", "4", "--out", str(tmp_path / "x.png")])  # no --site
+    assert main(["factory", "sample", "--model", str(ckpt), "--site", "nowhere", "--out", str(tmp_path / "x.png")]) == 2

@@ -4,7 +4,8 @@
   on those site folders in ``nvflare simulator``; then the quality figure per site over rounds
   (``quality.png``, from the sites' validation SWD streamed to the server's TensorBoard), a sample
   grid per site and a morph between the first two sites from the final global model
-  (``samples.png``, ``morph.png``), and ``summary.json``. ``--no-key``: the ablation without the
+  (``samples.png``, ``morph.png``), ``summary.json`` and the final model as a checkpoint
+  (``factory_model.pt``, for ``factory sample --model`` without ``--job``). ``--no-key``: the ablation without the
   domain key (``key_mix`` 0).
 * ``factory sample --model CKPT [--job JOB] --site NAME --n 16 --out grid.png [--data SITE_DIR]``;
 * ``factory morph --model CKPT [--job JOB] --sites A B --out morph.png``.
@@ -123,6 +124,7 @@ def run(args) -> int:
     curves = read_tb_scalars(run_dir / "tb_events")
     plot_quality(curves, out / "quality.png", title=f"factory quality per site ({'no key' if args.no_key else 'with key'})")
     trainer = load_model(run_dir / "app_server" / "FL_global_model.pt", job, device="cpu")
+    trainer.save(out / "factory_model.pt", source=str(run_dir / "app_server" / "FL_global_model.pt"))
     site_dirs = {s: data / s for s in sites}
     save_rows(sample_rows(trainer, sites, site_dirs), out / "samples.png", title="final global model (EMA generator)")
     if len(sites) > 1:
@@ -133,7 +135,7 @@ def run(args) -> int:
                "clients_per_round": spec["clients_per_round"], "seed": args.seed, "no_key": bool(args.no_key),
                "simulator_seconds": wall, "last_validation": final, "curves": curves}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"done in {wall:.0f} s: {out}/quality.png, samples.png, morph.png, summary.json")
+    print(f"done in {wall:.0f} s: {out}/quality.png, samples.png, morph.png, summary.json, factory_model.pt")
     for site, figs in final.items():
         print(f"  {site}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(figs.items())))
     return 0

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 
 def cmd_factory(args) -> int:
+    import sys
+
     from . import factory
 
-    return {"run": factory.run, "sample": factory.sample, "morph": factory.morph}[args.factory_func](args)
+    try:
+        return {"run": factory.run, "sample": factory.sample, "morph": factory.morph}[args.factory_func](args)
+    except ValueError as exc:  # an unknown site, a checkpoint of another kind: one line naming it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def add_factory_parser(sub) -> None:
