@@ -89,7 +89,9 @@ class CompareGrid:
         self.method_args = dict(method_args or {})
         self.structures = TASK_STRUCTURES[task]
         self.budget = BUDGETS["quick" if quick else "default"]
-        supervised = [m for m, cls in METHODS.items() if cls.needs_labels]  # seed 000's grid is supervised
+        # seed 000's grid is supervised and compares federated training: a method without a
+        # federated regime (phase 2 of the data factory, local only) is not in it
+        supervised = [m for m, cls in METHODS.items() if cls.needs_labels and "federated" in cls.regimes]
         self.methods = tuple(methods or supervised)
         unknown = [m for m in self.methods if m not in supervised]
         if unknown:

@@ -39,7 +39,9 @@ from tqdm.auto import tqdm
 
 from ..data.preprocess import PreprocessConfig
 from ..losses.gan import PathLengthRegularizer, d_logistic, g_nonsaturating, r1_penalty
-from .base import BaseTrainer
+from ..networks.gan import FactoryGAN
+from ..networks.stylegan import StyleGANConfig, StyleGenerator
+from .base import BaseTrainer, read_checkpoint
 
 CHECKPOINT_FORMAT = "fedxmodal-gan/1"
 BATCH_KEYS = ("images", "site", "key", "zbin")
@@ -327,3 +329,22 @@ class GanTrainer(BaseTrainer):
         return cls(args["structures"], method, network=dict(args.get("model", {}).get("args") or {}), train=train,
                    preprocess=PreprocessConfig.from_dict({"size": 64, **(args.get("preprocess") or {})}),
                    device=device)
+
+
+def load_factory_generator(factory) -> tuple[StyleGenerator, dict]:
+    """The phase-1 generator to adapt around: the EMA generator of a ``GanTrainer``, of a
+    ``FactoryGAN`` or of a GAN checkpoint file; or a ``StyleGenerator`` itself. Returns
+    (generator, the GAN trainer's ``train`` / ``preprocess`` records: {} for a bare network)."""
+    if isinstance(factory, StyleGenerator):
+        return factory, {}
+    if isinstance(factory, FactoryGAN):
+        return factory.generator_ema, {}
+    if isinstance(factory, GanTrainer):
+        return factory.model.generator_ema, {"train": factory.train_config.to_dict(),
+                                             "preprocess": factory.preprocess.to_dict()}
+    ckpt = read_checkpoint(factory, CHECKPOINT_FORMAT)
+    cfg = StyleGANConfig.from_dict({k: v for k, v in ckpt["network"].items() if k != "init_seed"})
+    generator = StyleGenerator(cfg)
+    prefix = "generator_ema."
+    generator.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
+    return generator, {"train": ckpt.get("train", {}), "preprocess": ckpt.get("preprocess", {})}

@@ -16,6 +16,7 @@ from .dsbn import DSBNMethod
 from .dualnorm import DualNormMethod
 from .fedda import FedDACyclicMethod, FedDAGINMethod, FedDAMethod
 from .factory import FactoryMethod
+from .factory.adaptation import AdaptationMethod
 from .fedcowpro import CoWProMethod, FedCoWProMethod, SSLALPNetMethod
 from .feddg import FedDGAmplitudeMethod
 from .fedprox import FedProxMethod
@@ -40,6 +41,7 @@ METHODS = {m.name: m for m in (
     CoWProMethod,
     FedCoWProMethod,
     FactoryMethod,
+    AdaptationMethod,
 )}
 DEFAULT_ONESHOT_METHOD = "fedcowpro"  # the self-supervised one-shot job's method (jobs/fedcowpro)
 DEFAULT_GAN_METHOD = "data_factory"  # the generative job's method (jobs/factory)

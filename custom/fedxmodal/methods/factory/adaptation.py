@@ -1,0 +1,198 @@
+"""The data factory's phase 2 (seed 002, REFERENCE.md section 4): local adaptation around the
+frozen phase-1 generator, without NVFlare.
+
+A labelled *source* site trains an inversion encoder E_s and a segmentation head S_s on the
+generator's features; a *target* site, with three labelled mid-slices (one from each of three
+volumes, :func:`pick_three_slices`) and the rest unlabelled, trains its own E_t / S_t with
+reconstruction, a cycle through the source domain, the factory's source-like samples labelled by
+the frozen source branch, and its few labels (:mod:`fedxmodal.engine.adaptation`). What passes
+from the source to the target is the source branch's weights, never a source image.
+
+:func:`adapt_locally` runs both on one host (a second, NVFlare phase can wrap it later). The
+method is ``local`` only: the supervised ``compare`` grid, which compares federated training,
+leaves it out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...data.preprocess import PreprocessConfig
+from ...data.slices import SiteSlices
+from ...engine.adaptation import AdaptationConfig, AdaptationTrainer
+from ...engine.gan import load_factory_generator
+from ...networks.gan_inversion import InversionSegNet
+from ...networks.stylegan import StyleGANConfig
+from ..base import MethodBase
+from .site_data import site_slices, slice_zbins, to_unit_range
+
+
+def pick_three_slices(volumes, n: int = 3, seed: int = 0, site: str = "", allow_fewer: bool = False) -> list:
+    """The few labelled target slices: one mid-slice from each of ``n`` different volumes.
+
+    A volume's mid-slice is the middle of its foreground range (first to last slice with any
+    label); where that slice has no foreground (a gap), the foreground slice nearest to it.
+    Volumes without a label or without foreground are skipped; ``n`` of the others are drawn
+    with ``seed``.
+
+    Args:
+        volumes: objects with ``label`` (Z, S, S) class indices or None (``PreparedVolume``).
+        site: the site's name, for the error.
+        allow_fewer: take as many as exist when fewer than ``n`` volumes have foreground
+            (still at least one); otherwise that is an error.
+    Returns:
+        [(volume index, slice index)], sorted by volume.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    candidates = []
+    for i, vol in enumerate(volumes):
+        if vol.label is None:
+            continue
+        fg = torch.nonzero(torch.as_tensor(vol.label).flatten(1).amax(1) > 0).flatten()
+        if len(fg):
+            mid = (int(fg[0]) + int(fg[-1])) // 2
+            candidates.append((i, int(fg[(fg - mid).abs().argmin()])))
+    if not candidates or (len(candidates) < n and not allow_fewer):
+        raise ValueError(f"site {site!r}: {len(candidates)} labelled volume(s) with foreground, {n} needed "
+                         f"(one labelled mid-slice from each of {n} volumes)")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(candidates[int(j)] for j in order)
+
+
+class SiteBatches:
+    """A site's slices in the generator's range with their conditions; calling it draws a random
+    batch (a ``next_batch`` for the trainer).
+
+    Args:
+        images: (N, 1, S, S) in [-1, 1]; zbins: (N,) long; key: (key_dim,); labels: (N, S, S) or None.
+    """
+
+    def __init__(self, images, zbins, site_index: int, key, labels=None, batch_size: int = 8, seed: int = 0):
+        if labels is not None and labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} slices but {labels.shape[0]} labels")
+        self.images, self.zbins, self.labels, self.key = images, zbins.long(), labels, key.float()
+        self.site_index, self.batch_size = int(site_index), int(batch_size)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, idx) -> dict:
+        """The slices ``idx``: {"images", "site", "key", "zbin"[, "labels" (n, S, S) long]}."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        n = len(idx)
+        out = {"images": self.images[idx], "site": torch.full((n,), self.site_index, dtype=torch.long),
+               "key": self.key.expand(n, -1).clone(), "zbin": self.zbins[idx]}
+        if self.labels is not None:
+            out["labels"] = self.labels[idx].long()
+        return out
+
+    def __call__(self) -> dict:
+        return self.take(torch.randint(0, len(self), (self.batch_size,), generator=self.gen))
+
+
+class AdaptationMethod(MethodBase):
+    """Args:
+    n_labelled: labelled target mid-slices (the paper: 3). allow_fewer: accept fewer volumes.
+    """
+
+    name = "data_factory_adapt"
+    label = "data factory, phase 2 (local adaptation, 3 target labels)"
+    trainer = AdaptationTrainer
+    needs_labels = True
+    regimes = ("local",)
+    site_script = None  # no federated job yet: phase 2 runs locally (adapt_locally)
+
+    def __init__(self, n_labelled: int = 3, allow_fewer: bool = False):
+        self.n_labelled, self.allow_fewer = int(n_labelled), bool(allow_fewer)
+
+    def build_network(self, n_classes: int, encoder_width: int = 32, head_width: int = 32, **gan) -> InversionSegNet:
+        """E + S for a generator of ``gan`` (:class:`StyleGANConfig` fields)."""
+        return InversionSegNet(StyleGANConfig.from_dict(gan), n_classes, encoder_width, head_width)
+
+    def volume_inputs(self, images, n_zbins: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A preprocessed volume (Z, 1, S, S) -> its slices in [-1, 1] (as phase 1) and their position bins (Z,)."""
+        x = images.as_subclass(torch.Tensor) if isinstance(images, torch.Tensor) else torch.as_tensor(images)
+        return to_unit_range(x), slice_zbins(len(x), n_zbins)
+
+    @staticmethod
+    def _conditioned(data: SiteSlices, site_index: int, cfg: StyleGANConfig, seed: int):
+        # the key from the site's training slices, as in phase 1
+        return site_slices(data, "training", site_index, cfg.n_zbins, key_dim=cfg.key_dim, seed=seed)
+
+    def source_batches(self, data: SiteSlices, site_index: int, cfg: StyleGANConfig, batch_size: int = 8,
+                       seed: int = 0) -> SiteBatches:
+        """Labelled batches of a source site's training split (every case must be labelled)."""
+        data.require_labels("training")
+        cs = self._conditioned(data, site_index, cfg, seed)
+        labels = torch.cat([v.label for v in data.volumes("training") if len(v.image)])
+        return SiteBatches(cs.images, cs.zbins, site_index, cs.key, labels.long(), batch_size, seed)
+
+    def target_batches(self, data: SiteSlices, site_index: int, cfg: StyleGANConfig, batch_size: int = 8,
+                       seed: int = 0) -> tuple[SiteBatches, dict, list]:
+        """A target site's unlabelled batches (its training split, labels unread), the labelled
+        batch of its ``n_labelled`` mid-slices and their (volume, slice) picks."""
+        cs = self._conditioned(data, site_index, cfg, seed)
+        volumes = [v for v in data.volumes("training") if len(v.image)]
+        picks = pick_three_slices(volumes, self.n_labelled, seed, site=data.name, allow_fewer=self.allow_fewer)
+        starts = torch.tensor([0] + [len(v.image) for v in volumes]).cumsum(0)
+        idx = [int(starts[v]) + z for v, z in picks]
+        unlabelled = SiteBatches(cs.images, cs.zbins, site_index, cs.key, batch_size=batch_size, seed=seed)
+        labelled = {**unlabelled.take(idx), "labels": torch.stack([volumes[v].label[z] for v, z in picks]).long()}
+        return unlabelled, labelled, picks
+
+
+def adapt_locally(factory, source_site_dir, target_site_dir, structures, out_dir, *, sites=None,
+                  source_steps: int = 200, target_steps: int = 200, batch_size: int = 8, lr: float = 1e-3,
+                  encoder_width: int = 32, head_width: int = 32, n_labelled: int = 3, allow_fewer: bool = False,
+                  preprocess: PreprocessConfig | None = None, amp: bool = True, seed: int = 0,
+                  device: str = "auto", progress: bool = False) -> dict:
+    """Phase 2 on one host: train the source branch, then adapt the target with it; save both.
+
+    Args:
+        factory: the phase-1 factory (a GAN checkpoint path, a ``GanTrainer`` or a ``FactoryGAN``).
+        source_site_dir, target_site_dir: site folders (dataset.json); the source fully labelled.
+        structures: the structures to segment.
+        out_dir: receives ``source.pt`` and ``target.pt`` (trainer checkpoints: ``load_trainer``).
+        sites: the phase-1 sites in the generator's embedding order (default: the checkpoint's
+            ``method_args.sites``); the two sites' dataset names must be among them.
+        preprocess: default: the factory trainer's (slices of the generator's size).
+    Returns:
+        {"source_checkpoint", "target_checkpoint", "source_fit", "target_fit", "labelled_slices"}.
+    """
+    generator, record = load_factory_generator(factory)
+    sites = tuple(sites or record.get("train", {}).get("method_args", {}).get("sites", ()))
+    preprocess = preprocess or PreprocessConfig.from_dict(record.get("preprocess") or
+                                                          {"size": generator.cfg.image_size})
+    source, target = (SiteSlices(d, structures, preprocess, progress=progress)
+                      for d in (source_site_dir, target_site_dir))
+    missing = [s.name for s in (source, target) if s.name not in sites]
+    if missing:
+        raise ValueError(f"site(s) {missing} are not among the factory's sites {list(sites)} (pass sites=...)")
+    method = AdaptationMethod(n_labelled, allow_fewer)
+    train = AdaptationConfig(method=AdaptationMethod.name, method_args={"n_labelled": n_labelled,
+                                                                        "allow_fewer": allow_fewer},
+                             batch_size=batch_size, lr=lr, amp=amp, seed=seed)
+    network, out_dir = {"encoder_width": encoder_width, "head_width": head_width}, Path(out_dir)
+
+    def trainer(site):
+        return AdaptationTrainer(structures, method, network=network, train=train, preprocess=preprocess,
+                                 device=device, generator=generator, domains=(site.name,))
+
+    src_index, tgt_index = sites.index(source.name), sites.index(target.name)
+    # both sites' data first: a target without its few labels fails before any training
+    source_batches = method.source_batches(source, src_index, generator.cfg, batch_size, seed)
+    batches, labelled, picks = method.target_batches(target, tgt_index, generator.cfg, batch_size, seed)
+    src = trainer(source)
+    src_fit = src.fit_source(source_batches, source_steps, progress=progress)
+    src_path = src.save(out_dir / "source.pt", role="source", site=source.name)
+    tgt = trainer(target)
+    tgt.set_source_branch(src)  # the only thing the target receives from the source
+    tgt_fit = tgt.fit_target(batches, target_steps, source_site=src_index, labelled=labelled, progress=progress)
+    tgt_path = tgt.save(out_dir / "target.pt", role="target", site=target.name, source=source.name,
+                        labelled_slices=[list(p) for p in picks])
+    return {"source_checkpoint": src_path, "target_checkpoint": tgt_path, "source_fit": src_fit,
+            "target_fit": tgt_fit, "labelled_slices": picks}
