@@ -154,7 +154,11 @@ def test_quality_metrics_and_pictures_at_a_site(tmp_path):
     assert m == trainer.method.quality_metrics(trainer, splits, "validation")  # fixed seeds: same figures
     files = trainer.method.site_pictures(trainer, splits, tmp_path, current_round=0, total_rounds=3)
     assert [f.name for f in files] == ["s1_round000.png"] and files[0].stat().st_size > 0
-    assert trainer.method.site_pictures(trainer, splits, tmp_path, current_round=1, total_rounds=3) == []
+    assert trainer.method.site_pictures(trainer, splits, tmp_path, current_round=1, total_rounds=9) == []
+    assert trainer.method.site_pictures(trainer, splits, tmp_path, current_round=8, total_rounds=9)  # the last round
+    trainer.method.picture_every = 2
+    assert trainer.method.site_pictures(trainer, splits, tmp_path, current_round=9, total_rounds=20) == []
+    assert trainer.method.site_pictures(trainer, splits, tmp_path, current_round=11, total_rounds=20)
     with pytest.raises(ValueError, match="not one of the factory's phase-1 sites"):
         trainer.method.site_index("late-site")
 

@@ -40,6 +40,7 @@ class FactoryMethod(GanMethod):
             raise ValueError(f"factory: duplicate site names in {list(self.sites)}")
         self.quality_samples = int(quality_samples)
         self.picture_every = max(1, int(picture_every))
+        self._last_picture_round: int | None = None
 
     @classmethod
     def server_parts(cls, min_clients: int, method_args: dict | None = None) -> ServerParts:
@@ -79,8 +80,12 @@ class FactoryMethod(GanMethod):
 
         from .pictures import save_rows, tile
 
-        if current_round % self.picture_every and current_round != (total_rounds or 0) - 1:
+        # every `picture_every` rounds of THIS site (k of N sampled: it does not train every round)
+        last = self._last_picture_round
+        final = current_round == (total_rounds or 0) - 1
+        if last is not None and current_round - last < self.picture_every and not final:
             return []
+        self._last_picture_round = current_round
         data = splits.get("validation") or splits["training"]
         real, zbins = data.subset(8, seed=0)
         own = trainer.sample(data.site_index, data.key, zbins, n=len(real), seed=0)
