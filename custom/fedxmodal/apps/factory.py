@@ -8,7 +8,12 @@
   (``factory_model.pt``, for ``factory sample --model`` without ``--job``). ``--no-key``: the ablation without the
   domain key (``key_mix`` 0).
 * ``factory sample --model CKPT [--job JOB] --site NAME --n 16 --out grid.png [--data SITE_DIR]``;
-* ``factory morph --model CKPT [--job JOB] --sites A B --out morph.png``.
+* ``factory morph --model CKPT [--job JOB] --sites A B --out morph.png``;
+* ``factory adapt --factory-model PT [--job JOB] --data DIR --source ct-site --targets mr-site ...
+  --out OUT``: phase 2 (``jobs/specs/factory_adapt.json``) in ``nvflare simulator``: the source
+  trains its branch, every target adapts with it and keeps its model
+  (``OUT/site_state/<site>/factory_adapt/target.pt``, for ``segment``); ``dice.md`` / ``dice.json``:
+  each target's test Dice as its site returned it.
 
 The domain key is site-private: with ``--data`` (run where the site's data are, i.e. at the site)
 the key is computed from that site's training slices; without it the key is dropped and the
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +40,7 @@ from .models import load_model
 
 REPO = Path(__file__).resolve().parents[3]
 SPEC = REPO / "jobs" / "specs" / "factory.json"
+ADAPT_SPEC = REPO / "jobs" / "specs" / "factory_adapt.json"
 
 
 def factory_spec(sites, rounds=None, local_steps=None, seed: int = 0, no_key: bool = False, quick: bool = False,
@@ -156,3 +163,81 @@ def morph(args) -> int:
     save_rows([(f"{a} -> {b}", morph_images(trainer, a, b, steps=args.steps, seed=args.seed))], args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def adapt_spec(factory, factory_model, source: str, targets, steps=None, seed: int = 0, quick: bool = False,
+               structures=None) -> dict:
+    """The phase-2 job spec for a phase-1 factory (a GAN trainer: its generator settings, sites,
+    preprocessing and structures) kept on the server at ``factory_model``."""
+    spec = load_spec(ADAPT_SPEC)
+    ca = spec["client_args"]
+    ca["structures"] = list(structures or factory.structures or ca["structures"])
+    widths = {k: spec["model"]["args"][k] for k in ("encoder_width", "head_width")}
+    spec["model"]["args"] = {**factory.model.cfg.to_dict(), "n_classes": len(ca["structures"]) + 1, **widths}
+    ca["train"]["method_args"].update(sites=list(factory.method.sites), source_site=source, target_sites=list(targets),
+                                      factory_model=str(Path(factory_model).resolve()))
+    ca["preprocess"], ca["seed"] = factory.preprocess.to_dict(), seed
+    spec["min_clients"] = 1 + len(targets)
+    if quick:
+        ca["local_steps"] = 4
+    if steps:
+        ca["local_steps"] = int(steps)
+    return spec
+
+
+def dice_report(results: dict, structures) -> str:
+    """A markdown table of the targets' test Dice (as the sites returned it)."""
+    head = ["target", "n volumes", "mean Dice", *structures]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, r in sorted(results["targets"].items()):
+        if r["failed"]:
+            rows.append(f"| {name} | failed: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        m = r["metrics"]
+        cells = [str(int(m.get("n_volumes", 0))), f"{m.get('dice', float('nan')):.3f}",
+                 *[f"{m[f'dice_{s}']:.3f}" if f"dice_{s}" in m else "-" for s in structures]]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def adapt(args) -> int:
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    sites = [args.source, *args.targets]
+    missing = [s for s in sites if not (data / s / "dataset.json").is_file()]
+    if missing:
+        raise SystemExit(f"error: {data}: no site folder(s) {missing}")
+    factory = load_model(args.factory_model, args.job, device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = Path(args.factory_model)
+    if args.job:  # an NVFlare global model: the server gets a checkpoint with its settings
+        model_file = factory.save(out / "factory_model.pt", source=str(Path(args.factory_model).resolve()))
+    spec = adapt_spec(factory, model_file, args.source, args.targets, args.steps, args.seed, args.quick)
+    job = export_job(out / "jobs", spec)
+    workspace = out / "workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
+    env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_SITE_STATE_DIR": str(out / "site_state"),
+           "PYTHONUNBUFFERED": "1"}
+    print(f"factory phase 2: source {args.source}, targets {', '.join(args.targets)}, "
+          f"{spec['client_args']['local_steps']} steps per fit, phase-1 sites {', '.join(factory.method.sites)}",
+          flush=True)
+    t0 = time.perf_counter()
+    try:
+        run_simulator(job, workspace, env, out / "simulator.log", 1, sites=sites)
+    except RuntimeError:  # the job stopped (e.g. the source failed): the server's reason below
+        pass
+    wall = time.perf_counter() - t0
+    found = workspace / "server" / "simulate_job" / "app_server" / "adaptation_results.json"
+    if not found.is_file():
+        lines = (out / "simulator.log").read_text().splitlines()
+        why = [ln for ln in lines if "factory adaptation:" in ln and "ERROR" in ln] or lines[-15:]
+        raise SystemExit(f"error: the adaptation job ended without results (log: {out / 'simulator.log'}):\n"
+                         + "\n".join(why[:5]))
+    results = json.loads(found.read_text())
+    for name, r in results["targets"].items():
+        r["model"] = str(out / "site_state" / name / "factory_adapt" / "target.pt") if not r["failed"] else None
+    results["simulator_seconds"] = wall
+    (out / "dice.json").write_text(json.dumps(results, indent=1))
+    table = dice_report(results, spec["client_args"]["structures"])
+    (out / "dice.md").write_text(f"# Data factory phase 2: test Dice per target (source {args.source})\n\n{table}")
+    print(table + f"done in {wall:.0f} s: {out}/dice.md, dice.json; models in {out}/site_state/<site>/factory_adapt/")
+    return 1 if any(r["failed"] for r in results["targets"].values()) else 0

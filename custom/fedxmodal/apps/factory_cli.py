@@ -9,14 +9,15 @@ def cmd_factory(args) -> int:
     from . import factory
 
     try:
-        return {"run": factory.run, "sample": factory.sample, "morph": factory.morph}[args.factory_func](args)
+        funcs = {"run": factory.run, "sample": factory.sample, "morph": factory.morph, "adapt": factory.adapt}
+        return funcs[args.factory_func](args)
     except ValueError as exc:  # an unknown site, a checkpoint of another kind: one line naming it
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def add_factory_parser(sub) -> None:
-    p = sub.add_parser("factory", help="the data factory (seed 002), phase 1: run the federated GAN, sample, morph")
+    p = sub.add_parser("factory", help="the data factory (seed 002): phase 1 (run the federated GAN, sample, morph), phase 2 (adapt)")
     fs = p.add_subparsers(dest="factory_command", required=True)
     s = fs.add_parser("run", help="the phase-1 job in nvflare simulator, then quality curves and sample grids")
     s.add_argument("--data", required=True, help="folder holding the site folders")
@@ -46,3 +47,16 @@ def add_factory_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_factory, factory_func="morph")
+    s = fs.add_parser("adapt", help="phase 2 in nvflare simulator: the source branch, then every target adapts")
+    s.add_argument("--factory-model", required=True,
+                   help="phase 1's factory_model.pt, or its FL_global_model.pt with --job")
+    s.add_argument("--job", help="the phase-1 job folder of an NVFlare global model")
+    s.add_argument("--data", required=True, help="folder holding the site folders")
+    s.add_argument("--source", default="ct-site", help="the labelled source site (a phase-1 site)")
+    s.add_argument("--targets", nargs="+", default=["mr-site", "mr-t1-site", "cect-site"],
+                   help="target sites (three labelled volumes each; a site not in phase 1 may take part)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--steps", type=int, help="optimizer steps of each fit (default: the spec's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="4 steps per fit (a smoke run)")
+    s.set_defaults(func=cmd_factory, factory_func="adapt")

@@ -56,7 +56,7 @@ from ..data.preprocess import PreprocessConfig
 from ..losses.segmentation import build_segmentation_loss
 from ..networks.stylegan import StyleGANConfig, StyleGenerator
 from .base import BaseTrainer
-from .evaluation import evaluate_site
+from .evaluation import evaluate_site, predict_volume
 from .gan import load_factory_generator
 
 CHECKPOINT_FORMAT = "fedxmodal-adaptation/1"
@@ -324,10 +324,9 @@ class AdaptationTrainer(BaseTrainer):
         first = self._batch(raw[0], labels=False)
         cond = {"target_site": int(first["site"][0]), "target_key": first["key"][0].detach().cpu(),
                 "source_site": int(self.conditions.get("source_site", -1) if source_site is None else source_site)}
-        if cond["source_site"] < 0 or cond["source_site"] >= self.cfg.n_sites or \
-                cond["source_site"] == cond["target_site"]:
-            raise ValueError(f"source_site must be another site of the generator's {self.cfg.n_sites}, "
-                             f"got {cond['source_site']} (target {cond['target_site']})")
+        # the target's row may be the source's (a late site like the source): the conditions still differ by the key
+        if not 0 <= cond["source_site"] < self.cfg.n_sites:
+            raise ValueError(f"source_site must be a site of the generator's {self.cfg.n_sites}, got {cond['source_site']}")
         old = self.conditions
         if not old or old["target_site"] != cond["target_site"] or old["source_site"] != cond["source_site"] \
                 or not torch.equal(old["target_key"], cond["target_key"]):
@@ -366,6 +365,10 @@ class AdaptationTrainer(BaseTrainer):
         return torch.cat([self.predict(x[i:i + batch_size], zbins[i:i + batch_size]).cpu()
                           for i in range(0, len(x), batch_size)])
 
+    def predict_volume(self, vol, preprocessor) -> np.ndarray:
+        """A prepared volume -> (X, Y, Z) uint8 class indices on its original grid (``segment``)."""
+        return predict_volume(self.predict_slices, vol, preprocessor)
+
     def evaluate(self, site_slices, split: str = "test", hd95: bool = False, progress: bool = False) -> dict:
         """Per-volume 3D Dice per structure on one site's split (SupervisedTrainer's report)."""
         return evaluate_site(self.predict_slices, site_slices, self.structures, split, hd95=hd95, progress=progress)
@@ -398,6 +401,8 @@ class AdaptationTrainer(BaseTrainer):
         ``factory_checkpoint``, a phase-1 GAN checkpoint, if given)."""
         train = AdaptationConfig.from_dict({**args.get("train", {}), "method": args.get("method", "")})
         network = dict(args.get("model", {}).get("args") or {})
+        if int(network.pop("n_classes", len(args["structures"]) + 1)) != len(args["structures"]) + 1:
+            raise ValueError(f"model n_classes differs from {len(args['structures'])} structures + background")
         generator = load_factory_generator(args["factory_checkpoint"])[0] if args.get("factory_checkpoint") else None
         if generator is not None:
             network = {k: v for k, v in network.items() if k in WIDTH_KEYS}

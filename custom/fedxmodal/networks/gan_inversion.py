@@ -123,8 +123,14 @@ class InversionSegNet(nn.Module):
     """A site's trainable phase-2 networks: ``encoder`` (:class:`InversionEncoder`) and
     ``seg_head`` (:class:`FeatureSegHead`). Its state dict is what a site may share."""
 
-    def __init__(self, cfg: StyleGANConfig, n_classes: int, encoder_width: int = 32, head_width: int = 32):
+    def __init__(self, cfg: StyleGANConfig | None = None, n_classes: int = 2, encoder_width: int = 32,
+                 head_width: int = 32, **config):
+        """``InversionSegNet(cfg, n_classes)`` or ``InversionSegNet(n_classes=..., **StyleGANConfig
+        fields)`` (a job's model spec; ``init_seed`` is ignored: E and S start from the torch seed)."""
         super().__init__()
-        self.cfg = cfg
+        config.pop("init_seed", None)
+        if cfg is not None and config:
+            raise ValueError("pass a StyleGANConfig or its fields, not both")
+        cfg = self.cfg = cfg or StyleGANConfig.from_dict(config)
         self.encoder = InversionEncoder(cfg, encoder_width)
         self.seg_head = FeatureSegHead(cfg, n_classes, head_width)

@@ -179,6 +179,8 @@ def output_guard_args(spec: JobSpec, method_cls):
         guard["extra_tasks"] = {**guard.get("extra_tasks", {}), **declared["extra_tasks"]}
     if declared.get("expected_shapes"):  # tensors sent with the model's (FedDA's shared discriminator)
         guard["expected_shapes"] = {**guard.get("expected_shapes", {}), **declared["expected_shapes"]}
+    if declared.get("meta_keys"):  # short plain meta a method's sites send (the adaptation's error reason)
+        guard["meta_keys"] = list(dict.fromkeys([*guard.get("meta_keys", []), *declared["meta_keys"]]))
     if declared.get("metrics"):
         guard["metrics"] = list(dict.fromkeys([*guard.get("metrics", DEFAULT_METRIC_PATTERNS), *declared["metrics"]]))
     return guard

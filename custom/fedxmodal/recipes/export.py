@@ -24,12 +24,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
+from .adaptation import build_adaptation_job
 from .fedavg import build_fedavg_job
 from .spec import JobSpec, load_spec
 
 __all__ = ["RECIPES", "build_job", "compare_job_dirs", "export_job", "export_from_spec", "main"]
 
-RECIPES = {"fedavg": build_fedavg_job}  # protocol name (spec key "recipe") -> builder
+RECIPES = {"fedavg": build_fedavg_job, "adaptation": build_adaptation_job}  # protocol (spec "recipe") -> builder
 
 
 def build_job(spec: Union[JobSpec, Mapping[str, Any]]):
