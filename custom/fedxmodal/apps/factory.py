@@ -82,7 +82,9 @@ def sample_rows(trainer, sites, site_dirs=None, n: int = 8, seed: int = 0) -> li
     rows = []
     for name in sites:
         index = trainer.method.site_index(name)
-        if site_dirs and name in site_dirs:
+        if site_dirs and name in site_dirs and cfg.key_mix == 0:  # the ablation: the key never enters
+            key, keep, how = torch.zeros(cfg.key_dim), False, "site (a model trained without the key)"
+        elif site_dirs and name in site_dirs:
             key, keep, how = site_key(trainer, site_dirs[name], name).key, True, "site + key"
         else:
             key, keep, how = torch.zeros(cfg.key_dim), False, "site only (no key here)"
