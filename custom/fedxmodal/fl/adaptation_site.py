@@ -25,10 +25,10 @@ if _CUSTOM_DIR not in sys.path:
 
 from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_trainer  # noqa: E402
 from fedxmodal.fl.segmentation_site import site_state_dir  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
-from fedxmodal.methods import method_class, trainer_from_job_args  # noqa: E402
+from fedxmodal.methods import method_class  # noqa: E402
 
 log = logging.getLogger("fedxmodal.site")
 DEFAULTS = {"seed": 0, "num_threads": 1, "poll_interval": None, "key_metric": "dice", "model": {"args": {}},
@@ -44,11 +44,7 @@ def main(argv=None) -> None:
     if not args.get("method"):
         raise ValueError("an adaptation job names its method (client_args.method)")
     site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
-    train = {**args["train"], "seed": site.seed}
-    if args["local_steps"]:
-        train["steps"] = int(args["local_steps"])
-    trainer = trainer_from_job_args({**args, "train": train}, device=args["device"])
-    trainer.writer = site.writer
+    trainer = site_trainer(args, site)
     state_dir = site_state_dir() or os.path.abspath("fedxmodal_site_state")
     try:  # the preprocessing of the trainer (slices of the frozen model's size)
         data = SiteSlices(resolve_site_config(site.site_name).data_dir, tuple(args["structures"]),

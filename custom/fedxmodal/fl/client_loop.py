@@ -50,6 +50,7 @@ __all__ = [
     "seed_everything",
     "set_num_threads",
     "set_poll_interval",
+    "site_trainer",
 ]
 
 
@@ -196,6 +197,20 @@ def init_site(
         origin = "?"
     logger.info(f"[{site_name}] seed={site_seed} torch_threads={threads} fedxmodal from {origin}")
     return SiteContext(site_name=site_name, seed=site_seed, num_threads=threads, writer=SummaryWriter())
+
+
+def site_trainer(args: Mapping[str, Any], site: SiteContext):
+    """The (untrained) trainer a job's site arguments describe, seeded with the site's seed, with
+    ``local_steps`` (when given) as its steps per round and the site's TensorBoard writer: what
+    the step-based site scripts (episodic, generative, adaptation) start from."""
+    from fedxmodal.methods import trainer_from_job_args
+
+    train = {**args["train"], "seed": site.seed}
+    if args.get("local_steps"):
+        train["steps"] = int(args["local_steps"])
+    trainer = trainer_from_job_args({**args, "train": train}, device=args["device"])
+    trainer.writer = site.writer
+    return trainer
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,10 +31,10 @@ if _CUSTOM_DIR not in sys.path:
 from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_trainer  # noqa: E402
 from fedxmodal.fl.segmentation_site import site_state_dir  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
-from fedxmodal.methods import DEFAULT_GAN_METHOD, method_class, trainer_from_job_args  # noqa: E402
+from fedxmodal.methods import DEFAULT_GAN_METHOD, method_class  # noqa: E402
 
 log = logging.getLogger("fedxmodal.site")
 DEFAULTS = {"method": DEFAULT_GAN_METHOD, "seed": 0, "num_threads": 1, "poll_interval": None, "key_metric": "swd",
@@ -85,11 +85,7 @@ class GanSite:
 def main(argv=None) -> None:
     args = parse_client_args(argv, defaults=DEFAULTS)
     site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
-    train = {**args["train"], "seed": site.seed}
-    if args["local_steps"]:
-        train["steps"] = int(args["local_steps"])
-    trainer = trainer_from_job_args({**args, "train": train}, device=args["device"])
-    trainer.writer = site.writer
+    trainer = site_trainer(args, site)
     state_dir = site_state_dir() or os.path.abspath("fedxmodal_site_state")
     try:
         data_dir = resolve_site_config(site.site_name).data_dir
