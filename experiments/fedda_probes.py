@@ -8,7 +8,8 @@
     (``--steps`` batches of 16) on 2/3 of the slices to tell them apart and tested on the other
     1/3 (patch accuracy, chance 0.5). Both encoders run with batch statistics, as in training.
     The reference here is the final global model (the FedAvg of the locals): the global a site
-    trained against in the last round is not kept; it differs by one aggregation.
+    trained against in the last round is not kept; it differs by one aggregation. n/a (None) for
+    FedBN, whose sites keep their BatchNorm tensors: its local models are not on the server.
 (b) **modality probe** on the final global model (eval mode): globally pooled bottleneck features
     of CT vs MR held-out slices (equal counts); a linear probe (L2 logistic regression, 5-fold,
     balanced accuracy, chance 0.5) and the squared RBF-MMD (median bandwidth, unbiased).
@@ -115,10 +116,14 @@ def probe_cell(cell_dir: Path, data: Path, structures, steps: int) -> dict:
     for site in modality:
         x = held_out(data, site, structures, preprocess)
         local = trainer_from_fl_model(run / "app_server" / "FL_global_model.pt", job, device="cpu")
-        local.set_weights({k: torch.as_tensor(v) for k, v in
-                           from_file(str(run / "cross_site_val" / "model_shareables" / site)).data.items()})
-        out["fresh_discriminator_accuracy"][site] = fresh_discriminator_accuracy(
-            features(local.model, x, True), features(glob.model, x, True), steps)
+        submitted = from_file(str(run / "cross_site_val" / "model_shareables" / site)).data
+        kept_local = [k for k in local.model.state_dict() if k not in submitted and not k.endswith("num_batches_tracked")]
+        if kept_local:  # FedBN: the site keeps its BN tensors; its local model is not on the server
+            out["fresh_discriminator_accuracy"][site] = None
+        else:
+            local.set_weights({k: torch.as_tensor(v) for k, v in submitted.items()})
+            out["fresh_discriminator_accuracy"][site] = fresh_discriminator_accuracy(
+                features(local.model, x, True), features(glob.model, x, True), steps)
         pooled[modality[site]] = features(glob.model, x, False).mean(dim=(2, 3))
     if len(pooled) == 2:
         (ma, a), (mb, b) = sorted(pooled.items())
