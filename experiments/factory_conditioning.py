@@ -44,8 +44,7 @@ def main() -> None:
 
     def pooled():  # each step: a batch mixing the sites (site index = its own)
         parts = [splits[s]["training"].batch(cfg.batch_size // len(args.sites) + 1) for s in args.sites]
-        return {k: torch.cat([b[k] for b in parts])[:cfg.batch_size] if k != "images" else
-                torch.cat([b[k] for b in parts])[:cfg.batch_size] for k in parts[0]}
+        return {k: torch.cat([b[k] for b in parts])[:cfg.batch_size] for k in parts[0]}
 
     t0 = time.perf_counter()
     res = trainer.fit(pooled, steps=args.steps)
