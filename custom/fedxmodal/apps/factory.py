@@ -33,6 +33,7 @@ import torch
 from ..data.slices import SiteSlices
 from ..deploy.simulator import run_simulator
 from ..methods.factory.pictures import plot_quality, save_rows
+from ..methods.factory.site_data import site_slices
 from ..recipes.export import export_job
 from ..recipes.spec import load_spec
 from .curves import read_tb_scalars
@@ -67,12 +68,11 @@ def factory_spec(sites, rounds=None, local_steps=None, seed: int = 0, no_key: bo
     return spec
 
 
-def site_key(trainer, site_dir, site_name: str):
-    """The site's domain key from its training slices (run at the site), and its index."""
-    method = trainer.method
+def site_key(trainer, site_dir, site_name: str) -> torch.Tensor:
+    """The site's domain key (key_dim,) from its training slices only (run at the site)."""
+    cfg = trainer.model.cfg
     data = SiteSlices(site_dir, (), trainer.preprocess, progress=False)
-    splits = method.site_data(trainer, data, site_name)
-    return splits["training"]
+    return site_slices(data, "training", trainer.method.site_index(site_name), cfg.n_zbins, key_dim=cfg.key_dim).key
 
 
 def sample_rows(trainer, sites, site_dirs=None, n: int = 8, seed: int = 0) -> list:
@@ -85,7 +85,7 @@ def sample_rows(trainer, sites, site_dirs=None, n: int = 8, seed: int = 0) -> li
         if site_dirs and name in site_dirs and cfg.key_mix == 0:  # the ablation: the key never enters
             key, keep, how = torch.zeros(cfg.key_dim), False, "site (a model trained without the key)"
         elif site_dirs and name in site_dirs:
-            key, keep, how = site_key(trainer, site_dirs[name], name).key, True, "site + key"
+            key, keep, how = site_key(trainer, site_dirs[name], name), True, "site + key"
         else:
             key, keep, how = torch.zeros(cfg.key_dim), False, "site only (no key here)"
         rows.append((f"{name}: {how}", trainer.sample(index, key, zbins, n=n, seed=seed, key_keep=keep)))

@@ -48,6 +48,7 @@ class ConditionedSlices:
         self.site_index = int(site_index)
         self.key = key.float()
         self.gen = torch.Generator().manual_seed(seed)
+        self.floor_cache: dict = {}  # real-vs-real SWD against another split: fixed, computed once
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,7 +98,9 @@ def quality_metrics(trainer, train: ConditionedSlices, val: ConditionedSlices, n
     others = [s for s in range(n_sites) if s != val.site_index]
     out = {"swd": swd(real, generated(val.site_index, True), seed=seed),
            "swd_nokey": swd(real, generated(val.site_index, False), seed=seed),
-           "swd_floor": swd(real, train.subset(n, seed=seed)[0], seed=seed)}
+           "swd_floor": val.floor_cache.get((id(train), n, seed))}
+    if out["swd_floor"] is None:
+        out["swd_floor"] = val.floor_cache[(id(train), n, seed)] = swd(real, train.subset(n, seed=seed)[0], seed=seed)
     if others:
         out["swd_other"] = sum(swd(real, generated(s, False), seed=seed) for s in others) / len(others)
     return out
