@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
@@ -353,7 +354,9 @@ def run_client(
             continue
 
         rnd = int(input_model.current_round or 0)
+        t_task = time.perf_counter()
         val_metrics = _plain_metrics(validate_fn())
+        t_validated = time.perf_counter()
         if key_metric not in val_metrics:
             raise KeyError(f"validate_fn must return '{key_metric}', got {sorted(val_metrics)}")
         _log_metrics(writer, "val", val_metrics, rnd)
@@ -368,6 +371,7 @@ def run_client(
             global_metrics=val_metrics,
         )
         train_metrics = _plain_metrics(train_fn(info))
+        t_trained = time.perf_counter()
         if _job_should_stop():
             logger.warning(f"[{site.site_name}] job stopped during training of round {rnd}; not sending")
             break
@@ -384,3 +388,6 @@ def run_client(
                 meta={NUM_STEPS_KEY: int(n_items)},
             )
         )
+        # what the site spent on the round's work vs the hand-over (benchmarks/bench_overhead.py reads this)
+        logger.info(f"[{site.site_name}] round {rnd} timings: validate {t_validated - t_task:.3f} s, "
+                    f"train {t_trained - t_validated:.3f} s, send {time.perf_counter() - t_trained:.3f} s")
