@@ -76,6 +76,19 @@ def pick_three_slices(volumes, n: int = 3, seed: int = 0, site: str = "", allow_
     return sorted(candidates[int(j)] for j in order)
 
 
+def labelled_target_slices(data: SiteSlices, n: int = 3, seed: int = 0, allow_fewer: bool = False) -> tuple[list, list]:
+    """A target site's few labelled slices, as phase 2 picks them (:meth:`AdaptationMethod.target_batches`,
+    and the baselines fine-tuned on the same slices, ``experiments/factory_baselines.py``).
+
+    Returns:
+        (the site's training volumes that have slices, ``PreparedVolume`` with ``image`` (Z, 1, S, S)
+        and ``label`` (Z, S, S) or None; :func:`pick_three_slices`'s [(volume index, slice index)]
+        among them).
+    """
+    volumes = [v for v in data.volumes("training") if len(v.image)]
+    return volumes, pick_three_slices(volumes, n, seed, site=data.name, allow_fewer=allow_fewer)
+
+
 class SiteBatches:
     """A site's slices in the generator's range with their conditions; calling it draws a random
     batch (a ``next_batch`` for the trainer).
@@ -177,8 +190,7 @@ class AdaptationMethod(MethodBase):
         """A target site's unlabelled batches (its training split, labels unread), the labelled
         batch of its ``n_labelled`` mid-slices and their (volume, slice) picks."""
         cs = self._conditioned(data, site_index, cfg, seed)
-        volumes = [v for v in data.volumes("training") if len(v.image)]
-        picks = pick_three_slices(volumes, self.n_labelled, seed, site=data.name, allow_fewer=self.allow_fewer)
+        volumes, picks = labelled_target_slices(data, self.n_labelled, seed, self.allow_fewer)
         starts = torch.tensor([0] + [len(v.image) for v in volumes]).cumsum(0)
         idx = [int(starts[v]) + z for v, z in picks]
         unlabelled = SiteBatches(cs.images, cs.zbins, site_index, cs.key, batch_size=batch_size, seed=seed)
