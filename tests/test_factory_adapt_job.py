@@ -247,3 +247,14 @@ def test_phase2_job_in_the_simulator_then_segment_with_an_adapted_target(tmp_pat
               str(tmp_path / "data"), "--source", "ct-site", "--targets", "mr-site", "--out", str(tmp_path / "o2"),
               "--steps", "1"])
     assert "train_source result of ct-site accepted: DataKind.METRICS" in (tmp_path / "o2" / "simulator.log").read_text()
+
+
+def test_adapt_allow_fewer_reaches_the_sites_method_args(tmp_path):
+    """``factory adapt --allow-fewer`` (the real pair: two slabs per site) sets the method's
+    ``allow_fewer``; without it the spec keeps refusing a target with fewer than three volumes."""
+    from fedxmodal.apps.factory import adapt_spec
+
+    factory = _factory()
+    args = (factory, tmp_path / "factory_model.pt", "ct-site", ["mr-site"])
+    assert adapt_spec(*args, allow_fewer=True)["client_args"]["train"]["method_args"]["allow_fewer"] is True
+    assert not adapt_spec(*args)["client_args"]["train"]["method_args"].get("allow_fewer", False)

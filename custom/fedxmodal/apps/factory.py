@@ -168,7 +168,7 @@ def morph(args) -> int:
 
 
 def adapt_spec(factory, factory_model, source: str, targets, steps=None, seed: int = 0, quick: bool = False,
-               structures=None) -> dict:
+               structures=None, allow_fewer: bool = False) -> dict:
     """The phase-2 job spec for a phase-1 factory (a GAN trainer: its generator settings, sites,
     preprocessing and structures) kept on the server at ``factory_model``."""
     spec = load_spec(ADAPT_SPEC)
@@ -178,6 +178,8 @@ def adapt_spec(factory, factory_model, source: str, targets, steps=None, seed: i
     spec["model"]["args"] = {**factory.model.cfg.to_dict(), "n_classes": len(ca["structures"]) + 1, **widths}
     ca["train"]["method_args"].update(sites=list(factory.method.sites), source_site=source, target_sites=list(targets),
                                       factory_model=str(Path(factory_model).resolve()))
+    if allow_fewer:
+        ca["train"]["method_args"]["allow_fewer"] = True
     ca["preprocess"], ca["seed"] = factory.preprocess.to_dict(), seed
     spec["min_clients"] = 1 + len(targets)
     if quick:
@@ -213,7 +215,8 @@ def adapt(args) -> int:
     model_file = Path(args.factory_model)
     if args.job:  # an NVFlare global model: the server gets a checkpoint with its settings
         model_file = factory.save(out / "factory_model.pt", source=str(Path(args.factory_model).resolve()))
-    spec = adapt_spec(factory, model_file, args.source, args.targets, args.steps, args.seed, args.quick)
+    spec = adapt_spec(factory, model_file, args.source, args.targets, args.steps, args.seed, args.quick,
+                      allow_fewer=getattr(args, "allow_fewer", False))
     job = export_job(out / "jobs", spec)
     workspace = out / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)

@@ -59,4 +59,7 @@ def add_factory_parser(sub) -> None:
     s.add_argument("--steps", type=int, help="optimizer steps of each fit (default: the spec's)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quick", action="store_true", help="4 steps per fit (a smoke run)")
+    s.add_argument("--allow-fewer", action="store_true",
+                   help="a target with fewer than three labelled training volumes uses what it has (the real "
+                        "CT/MR pair: two slabs per site) instead of failing")
     s.set_defaults(func=cmd_factory, factory_func="adapt")
