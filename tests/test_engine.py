@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import nibabel as nib
 import numpy as np
@@ -208,3 +209,31 @@ def test_train_cli_gives_a_method_the_network_it_needs(good_site, tmp_path):
     assert rc == 0
     ckpt = torch.load(out / "final_model.pt", weights_only=False)
     assert ckpt["network"]["norm_branches"] == 2 and ckpt["train"]["method"] == "dualnorm"
+
+
+def test_cosine_lr_schedule_follows_the_planned_run():
+    """``lr_schedule: cosine``: linear warm-up, then cosine to 0 over the planned epochs; the
+    optimizer's lr follows the trainer's progress (federated: round x local epochs); constant
+    leaves it alone; a bad setting is refused."""
+    cfg = TrainConfig(lr=1e-3, lr_schedule="cosine", warmup=0.2)
+    assert cfg.lr_at(0.0) == pytest.approx(1e-5) and cfg.lr_at(0.1) == pytest.approx(0.5e-3, rel=0.01)
+    assert cfg.lr_at(0.2) == pytest.approx(1e-3) and cfg.lr_at(0.6) == pytest.approx(0.5e-3)
+    assert cfg.lr_at(1.0) == pytest.approx(0.0, abs=1e-12)
+    assert TrainConfig(lr=1e-3).lr_at(0.9) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule 'step'"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(lr_schedule="cosine", warmup=1.0)
+    structures = ("liver",)
+    x, y = torch.randn(8, 1, 32, 32), (torch.rand(8, 32, 32) > 0.7).to(torch.uint8)
+    net = UNetConfig(channels=(4, 8), strides=(2,), num_res_units=0)
+    trainer = build_trainer(structures, net, TrainConfig(batch_size=4, lr=1e-3, lr_schedule="cosine", method="none",
+                                                         spatial_augment=False, amp=False), device="cpu")
+    trainer.plan(4, epochs_done=2)  # round 2 of 4 (one local epoch each): half-way
+    trainer.fit(x, y, epochs=1, progress=False)  # last batch at progress 2.5 / 4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.625)))
+    constant = build_trainer(structures, net, TrainConfig(batch_size=4, lr=1e-3, method="none", amp=False),
+                             device="cpu")
+    constant.plan(4, epochs_done=3)
+    constant.fit(x, y, epochs=1, progress=False)
+    assert constant.optimizer.param_groups[0]["lr"] == 1e-3

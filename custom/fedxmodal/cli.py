@@ -326,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data", help="use these site folders (DATA/ct-site, DATA/mr-site) instead of the phantom")
     s.add_argument("--local-epochs", type=int, default=None)
+    s.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="the sites' learning-rate schedule over the job (default: the job spec's)")
+    s.add_argument("--warmup", type=float, default=None, help="with --lr-schedule cosine: linear warm-up, a "
+                   "fraction of the job")
     s.add_argument("--fp32", action="store_true", help="train in float32 (default: mixed precision where the "
                                                        "device has it: CPU bfloat16, CUDA float16)")
     s.set_defaults(func=cmd_demo)

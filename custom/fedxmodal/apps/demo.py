@@ -41,6 +41,10 @@ def run_demo(args) -> int:
         spec["num_rounds"] = args.rounds
     if getattr(args, "local_epochs", None):
         spec["client_args"]["local_epochs"] = args.local_epochs
+    schedule = {k: v for k, v in (("lr_schedule", getattr(args, "lr_schedule", None)),
+                                  ("warmup", getattr(args, "warmup", None))) if v is not None}
+    if schedule:
+        spec["client_args"]["train"] = {**spec["client_args"].get("train", {}), **schedule}
     if getattr(args, "fp32", False):
         spec["client_args"]["train"] = {**spec["client_args"].get("train", {}), "amp": False}
     spec["client_args"]["seed"] = args.seed
@@ -74,6 +78,7 @@ def run_demo(args) -> int:
     sites = [SiteSlices(data / s, spec["client_args"]["structures"], progress=False) for s in SITES]
     summary = {"job": spec["name"], "num_rounds": spec["num_rounds"], "local_epochs": spec["client_args"]["local_epochs"],
                "amp": spec["client_args"].get("train", {}).get("amp", True),
+               "lr_schedule": spec["client_args"].get("train", {}).get("lr_schedule", "constant"),
                "seed": args.seed, "simulator_seconds": wall, "models": {}}
     rows = []
     for tag, fname in (("final", "FL_global_model.pt"), ("best", "best_FL_global_model.pt")):

@@ -5,6 +5,7 @@ federated) of the augmentation and normalization methods trains and evaluates th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -21,6 +22,7 @@ from .base import BaseTrainer, epoch_batches
 from .evaluation import evaluate_site, predict_volume
 
 CHECKPOINT_FORMAT = "fedxmodal-unet2d/1"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -38,7 +40,26 @@ class TrainConfig:
     spatial_augment: bool = True
     foreground_only: bool = True  # train on slices that contain labels, as the papers do
     amp: bool = True  # mixed precision where the device has it (CUDA float16, CPU bfloat16); False: float32
+    # "constant" or "cosine": lr x 0.5 (1 + cos(pi p)) over the run's progress p (needs ``plan``;
+    # federated: the job's rounds x local epochs), after a linear warm-up over ``warmup`` of the run
+    lr_schedule: str = "constant"
+    warmup: float = 0.0
     seed: int = 0
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup {self.warmup}: a fraction of the run in [0, 1)")
+
+    def lr_at(self, progress: float) -> float:
+        """The learning rate at ``progress`` in [0, 1] of the run."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        if progress < self.warmup:
+            return self.lr * max(progress / self.warmup, 0.01)  # never 0: the first steps still move
+        p = (progress - self.warmup) / (1.0 - self.warmup)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,9 +115,11 @@ class SupervisedTrainer(BaseTrainer):
         losses, t0, steps = [], time.perf_counter(), 0
         for _ in range(epochs):
             batches = epoch_batches(n, self.train_config.batch_size)
-            for idx in tqdm(batches, desc=f"{desc} epoch {self.epochs_done + 1}", leave=False, disable=not progress):
+            for b, idx in enumerate(tqdm(batches, desc=f"{desc} epoch {self.epochs_done + 1}", leave=False,
+                                         disable=not progress)):
                 if should_stop is not None and should_stop():
                     return self.fit_summary(losses, n, steps, t0, aborted=True)
+                self.schedule_lr(b, len(batches))
                 x = images[idx].to(self.device, non_blocking=True)
                 y = labels[idx].to(self.device, non_blocking=True).long()
                 d = None if domains is None else domains[idx].to(self.device)
@@ -111,6 +134,14 @@ class SupervisedTrainer(BaseTrainer):
                 self.log_step({"loss": losses[-1], **logs})
             self.epochs_done += 1
         return self.fit_summary(losses, n, steps, t0)
+
+    def schedule_lr(self, batch: int, n_batches: int) -> None:
+        """Set the model optimizer's lr for ``batch`` of the current epoch (``TrainConfig.lr_at``)."""
+        if self.train_config.lr_schedule == "constant":
+            return
+        lr = self.train_config.lr_at(self.progress(batch, n_batches))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
