@@ -237,3 +237,18 @@ def test_cosine_lr_schedule_follows_the_planned_run():
     constant.plan(4, epochs_done=3)
     constant.fit(x, y, epochs=1, progress=False)
     assert constant.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_settings_round_trip_and_unknown_keys():
+    """Every trainer style's settings go through ``SettingsDict``: a round trip keeps them; a typo in
+    the supervised settings is an error naming it; the step-based trainers' checkpoints of other
+    versions load with unknown keys dropped."""
+    from fedxmodal.engine.episodic import EpisodicConfig
+    from fedxmodal.engine.gan import GanConfig
+
+    cfg = TrainConfig(lr=3e-4, lr_schedule="cosine", warmup=0.1, method_args={"a": 1})
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"TrainConfig: unknown setting\(s\) \['lrr'\]; known: .*'lr'"):
+        TrainConfig.from_dict({"lrr": 1e-3})
+    assert GanConfig.from_dict({"steps": 7, "retired_option": 1}).steps == 7
+    assert EpisodicConfig.from_dict({**EpisodicConfig(steps=3).to_dict(), "old": 0}) == EpisodicConfig(steps=3)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from ..data.preprocess import PreprocessConfig
 from ..losses.segmentation import build_segmentation_loss
 from ..networks.stylegan import StyleGANConfig, StyleGenerator
-from .base import BaseTrainer
+from .base import BaseTrainer, SettingsDict
 from .evaluation import evaluate_site, predict_volume
 from .gan import load_factory_generator
 
@@ -65,13 +65,14 @@ BATCH_KEYS = ("images", "site", "key", "zbin")
 
 
 @dataclass
-class AdaptationConfig:
+class AdaptationConfig(SettingsDict):
     """Optimisation of phase 2. ``steps``: steps per fit; ``lr``: Adam on E and S; the weights:
     reconstruction (``mse_weight``, ``ssim_weight``), segmentation on labelled slices
     (``seg_weight`` at the source, ``few_shot_weight`` at the target), ``cycle_weight`` and
     ``pseudo_weight`` (target terms b and c, module doc); ``condition_samples``: z per
     condition mean; ``amp``: mixed precision where the device has it; ``seed``: z draws."""
 
+    strict = False  # checkpoints of other versions: unknown keys are dropped
     method: str = ""
     method_args: dict = field(default_factory=dict)
     steps: int = 200
@@ -93,13 +94,6 @@ class AdaptationConfig:
         if min(self.lr, self.mse_weight, self.ssim_weight, self.seg_weight, self.cycle_weight,
                self.pseudo_weight, self.few_shot_weight) < 0:
             raise ValueError("lr and the loss weights must be >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "AdaptationConfig":
-        return cls(**{k: v for k, v in dict(d or {}).items() if k in cls.__dataclass_fields__})
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -41,14 +41,14 @@ from tqdm.auto import tqdm
 
 from ..networks.discriminator import FeatureDiscriminator
 from ..networks.unet import build_unet, encoder_features, encoder_taps
-from .base import epoch_batches
+from .base import SettingsDict, epoch_batches
 from .supervised import SupervisedTrainer
 
 RAMPS = ("sigmoid", "constant")
 
 
 @dataclass(frozen=True)
-class AdversarialConfig:
+class AdversarialConfig(SettingsDict):
     """weight: lambda_max; ramp: ``sigmoid`` (lambda_max * (2 / (1 + exp(-10 p)) - 1), DANN's) or
     ``constant``; aux_tap / aux_ratio: the second, shallower tap and its share of the weight;
     d_lr / d_betas / d_width: the discriminator's Adam and width (REFERENCE.md section 3)."""
@@ -71,9 +71,6 @@ class AdversarialConfig:
         if self.ramp == "constant":
             return float(self.weight)
         return float(self.weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _bce(logits: torch.Tensor, target) -> torch.Tensor:

@@ -14,10 +14,32 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
+
+
+class SettingsDict:
+    """``to_dict`` / ``from_dict`` for the trainers' settings dataclasses (what checkpoints and job
+    specs hold). An unknown key is an error naming it and the known ones when ``strict``;
+    otherwise it is dropped (settings written by another trainer style or version)."""
+
+    strict: ClassVar[bool] = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None = None):
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown and cls.strict:
+            raise ValueError(f"{cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def seed_everything(seed: int) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -28,19 +28,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.preprocess import PreprocessConfig
-from .base import BaseTrainer
+from .base import BaseTrainer, SettingsDict
 
 CHECKPOINT_FORMAT = "fedxmodal-episodic/1"
 SUPPORT_SPLITS = ("validation", "training", "test")  # where a site's support volume is looked for, in order
 
 
 @dataclass
-class EpisodicConfig:
+class EpisodicConfig(SettingsDict):
     """Optimisation of an episodic method. SSL-ALPNet: SGD lr 1e-3, momentum 0.9, weight decay 5e-4,
     one episode per step. ``steps``: optimisation steps per ``fit`` (per round in a federation);
     ``batch_size``: episodes per step; ``val_episodes``: fixed episodes for the episode metrics
     (validation where a site has no labelled volume); ``seed`` seeds the episode sampler."""
 
+    strict = False  # checkpoints of other versions: unknown keys are dropped
     method: str = ""
     method_args: dict = field(default_factory=dict)
     steps: int = 100
@@ -51,14 +52,6 @@ class EpisodicConfig:
     val_episodes: int = 16
     amp: bool = True  # mixed precision where the device has it (CUDA float16, CPU bfloat16); False: float32
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "EpisodicConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in dict(d or {}).items() if k in known})
 
 
 def pick_supports(candidates, structures) -> dict:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -41,14 +41,14 @@ from ..data.preprocess import PreprocessConfig
 from ..losses.gan import PathLengthRegularizer, d_logistic, g_nonsaturating, r1_penalty
 from ..networks.gan import FactoryGAN
 from ..networks.stylegan import StyleGANConfig, StyleGenerator
-from .base import BaseTrainer, read_checkpoint
+from .base import BaseTrainer, SettingsDict, read_checkpoint
 
 CHECKPOINT_FORMAT = "fedxmodal-gan/1"
 BATCH_KEYS = ("images", "site", "key", "zbin")
 
 
 @dataclass
-class GanConfig:
+class GanConfig(SettingsDict):
     """Optimisation of the conditional StyleGAN2 (REFERENCE.md section 4).
 
     ``steps``: G+D steps per ``fit`` (per round in a federation); ``lr``/``betas``: Adam, StyleGAN2's
@@ -60,6 +60,7 @@ class GanConfig:
     ``seed``: for the method's samplers.
     """
 
+    strict = False  # checkpoints of other versions: unknown keys are dropped
     method: str = ""
     method_args: dict = field(default_factory=dict)
     steps: int = 100
@@ -87,14 +88,6 @@ class GanConfig:
             raise ValueError("ema_beta and style_mix_prob must be in [0, 1]")
         if self.lr <= 0 or self.r1_gamma < 0 or self.pl_weight < 0:
             raise ValueError("lr must be > 0, r1_gamma and pl_weight >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "GanConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in dict(d or {}).items() if k in known})
 
 
 def lazy_adam(params, lr: float, betas: tuple, every: int) -> torch.optim.Adam:

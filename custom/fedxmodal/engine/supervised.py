@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -18,7 +18,7 @@ from ..data.preprocess import PreparedVolume, PreprocessConfig, VolumePreprocess
 from ..losses.segmentation import build_segmentation_loss
 from ..networks.unet import UNetConfig, build_unet, config_from_job_model
 from ..transforms.spatial import RandomAffine2D
-from .base import BaseTrainer, epoch_batches
+from .base import BaseTrainer, SettingsDict, epoch_batches
 from .evaluation import evaluate_site, predict_volume
 
 CHECKPOINT_FORMAT = "fedxmodal-unet2d/1"
@@ -26,7 +26,7 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SettingsDict):
     """Optimisation settings. GIN paper: Adam lr 3e-4, beta1 0.5, weight decay 3e-5; we keep
     beta1 and the decay but default to lr 1e-3, as CPU budgets allow ~10x fewer steps.
     ``method`` / ``method_args`` name the method the trainer was given (kept in checkpoints)."""
@@ -60,13 +60,6 @@ class TrainConfig:
             return self.lr * max(progress / self.warmup, 0.01)  # never 0: the first steps still move
         p = (progress - self.warmup) / (1.0 - self.warmup)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
-        return cls(**dict(d or {}))
 
 
 class SupervisedTrainer(BaseTrainer):
