@@ -23,9 +23,9 @@ _CUSTOM_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__
 if _CUSTOM_DIR not in sys.path:
     sys.path.insert(0, _CUSTOM_DIR)
 
-from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_trainer  # noqa: E402
+from fedxmodal.fl.client_loop import (init_site, parse_client_args, run_client, site_data_or_stop,  # noqa: E402
+                                      site_trainer)
 from fedxmodal.fl.segmentation_site import site_state_dir  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from fedxmodal.methods import method_class  # noqa: E402
@@ -46,11 +46,9 @@ def main(argv=None) -> None:
     site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
     trainer = site_trainer(args, site)
     state_dir = site_state_dir() or os.path.abspath("fedxmodal_site_state")
-    try:  # the preprocessing of the trainer (slices of the frozen model's size)
+    with site_data_or_stop(site.site_name):  # the trainer's preprocessing (slices of the frozen model's size)
         data = SiteSlices(resolve_site_config(site.site_name).data_dir, tuple(args["structures"]),
                           trainer.preprocess, progress=False)
-    except (DataError, ValueError) as exc:  # the server reports the site without a result
-        raise RuntimeError(f"site {site.site_name}: cannot take part: {exc}") from None
     parts = method_class(args["method"]).build_site_parts(trainer, data, site.site_name, state_dir=state_dir)
     get_weights, set_weights = parts.weight_access()
     log.info("[%s] %s: method %s, %d steps x %d slices per fit, state in %s, device %s", site.site_name,

@@ -31,9 +31,11 @@ import os
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
+from fedxmodal.data.errors import DataError
 from fedxmodal.engine.base import seed_everything  # the one seeding function (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -212,6 +214,27 @@ def site_trainer(args: Mapping[str, Any], site: SiteContext):
     trainer = trainer_from_job_args({**args, "train": train}, device=args["device"])
     trainer.writer = site.writer
     return trainer
+
+
+@contextmanager
+def site_data_or_stop(site_name: str):
+    """Around a site's data loading: a ``DataError`` (or a ``ValueError`` of a method that cannot
+    use the data) becomes one ``RuntimeError`` naming the site and the file, so that the site stops
+    loudly instead of training on part of its data, and the server reports it."""
+    try:
+        yield
+    except (DataError, ValueError) as exc:
+        raise RuntimeError(f"site {site_name}: bad data: {exc}") from None
+
+
+def serve_runner(runner, parts, args: Mapping[str, Any], site: SiteContext, train_fn=None) -> None:
+    """:func:`run_client` for a step-based site: ``runner`` has ``train(info)``, ``validate()``,
+    ``evaluate()`` and ``n_train_items``; ``parts`` are the method's ``SiteParts`` (the weights it
+    shares, its own tasks)."""
+    get_weights, set_weights = parts.weight_access()
+    run_client(train_fn=train_fn or runner.train, validate_fn=runner.validate, evaluate_fn=runner.evaluate,
+               get_weights=get_weights, set_weights=set_weights, n_train_items=runner.n_train_items,
+               key_metric=args["key_metric"], site=site, task_handlers=parts.task_handlers(), on_task=parts.on_task)
 
 
 # --------------------------------------------------------------------------------------------

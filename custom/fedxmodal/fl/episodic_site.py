@@ -37,10 +37,10 @@ _CUSTOM_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__
 if _CUSTOM_DIR not in sys.path:
     sys.path.insert(0, _CUSTOM_DIR)
 
-from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_trainer  # noqa: E402
+from fedxmodal.fl.client_loop import (init_site, parse_client_args, serve_runner, site_data_or_stop,  # noqa: E402
+                                      site_trainer)
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_ONESHOT_METHOD, method_class  # noqa: E402
 
@@ -105,30 +105,16 @@ def main(argv=None) -> None:
     args = parse_client_args(argv, defaults=DEFAULTS)
     site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
     trainer = site_trainer(args, site)
-    try:
-        data_dir = resolve_site_config(site.site_name).data_dir
-        data = SiteSlices(data_dir, tuple(args["structures"]), PreprocessConfig.from_dict(args["preprocess"]),
-                          progress=False)
+    with site_data_or_stop(site.site_name):
+        data = SiteSlices(resolve_site_config(site.site_name).data_dir, tuple(args["structures"]),
+                          PreprocessConfig.from_dict(args["preprocess"]), progress=False)
         runner = EpisodicSite(trainer, data, site.seed, site.site_name)
-    except DataError as exc:
-        raise RuntimeError(f"site {site.site_name}: bad data: {exc}") from None
     parts = method_class(args["method"]).build_site_parts(trainer, None, site.site_name)  # no labelled slices
-    get_weights, set_weights = parts.weight_access()
     log.info("[%s] %s: %d training slices with pseudo-labels, method %s, %d steps x %d episodes per round, "
              "validation: %s, device %s", site.site_name, data.modality, runner.n_train_items, args["method"],
              trainer.train_config.steps, trainer.train_config.batch_size,
              "one-shot Dice" if has_labelled(data, "validation") else "episode metrics", trainer.device)
-    run_client(
-        train_fn=runner.train,
-        validate_fn=runner.validate,
-        evaluate_fn=runner.evaluate,
-        get_weights=get_weights,
-        set_weights=set_weights,
-        n_train_items=runner.n_train_items,
-        key_metric=args["key_metric"],
-        site=site,
-        task_handlers=parts.task_handlers(),
-    )
+    serve_runner(runner, parts, args, site)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ _CUSTOM_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__
 if _CUSTOM_DIR not in sys.path:
     sys.path.insert(0, _CUSTOM_DIR)
 
-from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_trainer  # noqa: E402
+from fedxmodal.fl.client_loop import (init_site, parse_client_args, serve_runner, site_data_or_stop,  # noqa: E402
+                                      site_trainer)
 from fedxmodal.fl.segmentation_site import site_state_dir  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_GAN_METHOD, method_class  # noqa: E402
@@ -87,15 +87,12 @@ def main(argv=None) -> None:
     site = init_site(seed=args["seed"], num_threads=args["num_threads"], poll_interval=args["poll_interval"])
     trainer = site_trainer(args, site)
     state_dir = site_state_dir() or os.path.abspath("fedxmodal_site_state")
-    try:
-        data_dir = resolve_site_config(site.site_name).data_dir
-        data = SiteSlices(data_dir, tuple(args["structures"]), PreprocessConfig.from_dict(args["preprocess"]),
-                          progress=False)
-        runner = GanSite(trainer, data, site.site_name, site.seed, pictures_dir=os.path.join(state_dir, site.site_name, "pictures"))
-    except (DataError, ValueError) as exc:
-        raise RuntimeError(f"site {site.site_name}: cannot take part: {exc}") from None
+    with site_data_or_stop(site.site_name):
+        data = SiteSlices(resolve_site_config(site.site_name).data_dir, tuple(args["structures"]),
+                          PreprocessConfig.from_dict(args["preprocess"]), progress=False)
+        runner = GanSite(trainer, data, site.site_name, site.seed,
+                         pictures_dir=os.path.join(state_dir, site.site_name, "pictures"))
     parts = method_class(args["method"]).build_site_parts(trainer, None, site.site_name, state_dir=state_dir)
-    get_weights, set_weights = parts.weight_access()
 
     def train_round(info):
         parts.before_training(info)
@@ -104,18 +101,7 @@ def main(argv=None) -> None:
     log.info("[%s] %s: %d training slices, method %s, %d G+D steps x %d slices per round, pictures in %s, "
              "device %s", site.site_name, data.modality, runner.n_train_items, args["method"],
              trainer.train_config.steps, trainer.train_config.batch_size, runner.pictures_dir, trainer.device)
-    run_client(
-        train_fn=train_round,
-        validate_fn=runner.validate,
-        evaluate_fn=runner.evaluate,
-        get_weights=get_weights,
-        set_weights=set_weights,
-        n_train_items=runner.n_train_items,
-        key_metric=args["key_metric"],
-        site=site,
-        task_handlers=parts.task_handlers(),
-        on_task=parts.on_task,
-    )
+    serve_runner(runner, parts, args, site, train_fn=train_round)
 
 
 if __name__ == "__main__":

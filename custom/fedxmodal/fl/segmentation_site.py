@@ -22,11 +22,10 @@ _CUSTOM_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__
 if _CUSTOM_DIR not in sys.path:
     sys.path.insert(0, _CUSTOM_DIR)
 
-from fedxmodal.data.errors import DataError  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
 from fedxmodal.engine.supervised import TrainConfig  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_data_or_stop  # noqa: E402
 from fedxmodal.fl.site_config import find_site_workspace, resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_METHOD, build_trainer, method_class  # noqa: E402
 from fedxmodal.networks.unet import config_from_job_model  # noqa: E402
@@ -55,15 +54,11 @@ def main(argv=None) -> None:
     network = config_from_job_model(args["model"], len(structures))
     train_cfg = TrainConfig.from_dict({**args["train"], "method": args["method"], "seed": site.seed})
     preprocess = PreprocessConfig.from_dict(args["preprocess"])
-    try:
-        data_dir = resolve_site_config(site.site_name).data_dir
-        data = SiteSlices(data_dir, structures, preprocess, progress=False)
+    with site_data_or_stop(site.site_name):
+        data = SiteSlices(resolve_site_config(site.site_name).data_dir, structures, preprocess, progress=False)
         images, labels = data.slices("training", foreground_only=train_cfg.foreground_only)
         data.volumes("validation")
         data.volumes("test")
-    except DataError as exc:
-        # Fail loudly, naming the site and the file, rather than training on part of the data.
-        raise RuntimeError(f"site {site.site_name}: bad data: {exc}") from None
     trainer = build_trainer(structures, network, train_cfg, preprocess, device=args["device"], writer=site.writer)
     trainer.method.prepare([images])
     parts = method_class(train_cfg.method).build_site_parts(trainer, images, site.site_name,
