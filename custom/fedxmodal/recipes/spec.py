@@ -62,8 +62,8 @@ class ServerRuntime:
     checkpoint_dir: str = "fedxmodal_checkpoints"
     resume: bool = True
     cross_site_eval: bool = True
-    task_request_interval: float = 0.05
-    task_check_period: float = 0.05
+    task_request_interval: float = 0.2
+    task_check_period: float = 0.1
     ignore_result_error: Optional[bool] = None
 
 
