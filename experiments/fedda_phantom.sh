@@ -6,6 +6,8 @@
 #   QUICK=1 SEEDS=0 TASKS=abdomen METHODS="fedda none" bash experiments/fedda_phantom.sh runs/fedda-smoke   # smoke
 # Resumable: finished cells are skipped (compare), so rerun to finish an interrupted grid.
 #   TOTALSEG=1 TASKS= bash experiments/fedda_phantom.sh [OUT]   # only the real CT/MR pair (OUT/totalseg)
+#   ROUNDS=30 EPOCHS=5 TOTALSEG=1 TASKS= bash experiments/fedda_phantom.sh runs/fedda_long   # a larger budget
+#     (the real pair has ~28 CT / 12 MR training slices: at compare's 12 x 1 nothing is learned there)
 # Layout: OUT/<name>/seed<k>/{main,adv0}/ (compare grids), OUT/<name>/data (the sites); name = the
 # phantom task, or totalseg.
 set -euo pipefail
@@ -15,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-0 1 2}
 TASKS=${TASKS-abdomen heart}  # (set but empty: no phantom task)
 METHODS=${METHODS:-fedda fedda_cyclic fedda_gin none gin fedprox dsbn}
-Q=${QUICK:+--quick}
+Q="${QUICK:+--quick} ${ROUNDS:+--rounds $ROUNDS} ${EPOCHS:+--local-epochs $EPOCHS}"
 run_task() {  # name task data-dir
   local name=$1 task=$2 data=$3
   for seed in $SEEDS; do

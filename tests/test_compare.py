@@ -88,3 +88,21 @@ def test_rerun_skips_finished_cells_and_refuses_other_settings(grid, capsys):
     with pytest.raises(SystemExit, match="other settings"):
         main(["compare", "--data", str(root / "data"), "--task", "abdomen", "--quick", "--out", str(out),
               "--methods", *METHODS, "--seed", "1"])
+    # a larger budget (--rounds / --local-epochs) is another grid too: refused in the same folder
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["compare", "--data", str(root / "data"), "--task", "abdomen", "--quick", "--out", str(out),
+              "--methods", *METHODS, "--rounds", "3", "--local-epochs", "2"])
+
+
+def test_budget_override_reaches_every_regime(tmp_path):
+    """``--rounds`` / ``--local-epochs`` set the federated cells' rounds and local epochs and the
+    local/centralized cells' epochs (rounds x local epochs); a budget below 1 is refused."""
+    from fedxmodal.apps.compare import CompareGrid
+
+    grid = CompareGrid(tmp_path, tmp_path / "out", "abdomen", quick=False, methods=["none"], rounds=30,
+                       local_epochs=5)
+    assert grid.budget == {"rounds": 30, "local_epochs": 5} and grid.config["budget"] == grid.budget
+    assert CompareGrid(tmp_path, tmp_path / "o", "abdomen", quick=True, methods=["none"]).budget == {
+        "rounds": 2, "local_epochs": 1}
+    with pytest.raises(ValueError, match="--local-epochs must be >= 1"):
+        CompareGrid(tmp_path, tmp_path / "o", "abdomen", quick=False, methods=["none"], local_epochs=0)

@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="folder of site folders (written as a phantom if it has none)")
     s.add_argument("--task", choices=("abdomen", "heart"), default="abdomen")
     s.add_argument("--quick", action="store_true", help="small budget (and small phantom): ~10 min on 2 cores")
+    s.add_argument("--rounds", type=int, help="federated rounds per cell (default 12; local/centralized cells "
+                                              "train rounds x local epochs)")
+    s.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
     s.add_argument("--out", help="results folder (default: DATA/../compare-TASK[-quick])")
     s.add_argument("--methods", nargs="+", help="subset of methods (default: all)")
     s.add_argument("--regimes", nargs="+", choices=("local", "centralized", "federated"),

@@ -83,12 +83,18 @@ def _summary_from_metrics(metrics: dict, structures) -> dict:
 
 class CompareGrid:
     def __init__(self, data: Path, out: Path, task: str, quick: bool, seed: int = 0, methods=None,
-                 device: str = "auto", regimes=None, method_args: dict | None = None):
+                 device: str = "auto", regimes=None, method_args: dict | None = None,
+                 rounds: int | None = None, local_epochs: int | None = None):
         self.data, self.out, self.task, self.quick, self.seed, self.device = data, out, task, quick, seed, device
         self.regimes = tuple(regimes or REGIMES)
         self.method_args = dict(method_args or {})
         self.structures = TASK_STRUCTURES[task]
-        self.budget = BUDGETS["quick" if quick else "default"]
+        self.budget = dict(BUDGETS["quick" if quick else "default"])
+        for key, value in (("rounds", rounds), ("local_epochs", local_epochs)):  # a larger budget, e.g. real data
+            if value is not None:
+                if int(value) < 1:
+                    raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+                self.budget[key] = int(value)
         # seed 000's grid is supervised and compares federated training: a method without a
         # federated regime (phase 2 of the data factory, local only) is not in it
         supervised = [m for m, cls in METHODS.items() if cls.needs_labels and "federated" in cls.regimes]
@@ -335,7 +341,8 @@ def run_compare(args) -> int:
             return 1
     method_args = json.loads(args.method_args) if getattr(args, "method_args", None) else None
     options = dict(methods=args.methods, device=args.device, regimes=getattr(args, "regimes", None),
-                   method_args=method_args)
+                   method_args=method_args, rounds=getattr(args, "rounds", None),
+                   local_epochs=getattr(args, "local_epochs", None))
     seeds = list(dict.fromkeys(args.seeds)) if getattr(args, "seeds", None) else None
     if not seeds:
         CompareGrid(data, out, args.task, args.quick, seed=args.seed, **options).run()
