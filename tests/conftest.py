@@ -67,3 +67,15 @@ def totalseg_sites(tmp_path_factory):
     return {mod: write_slab_site(SHARED_DATA / sub / f"{sub}.nii.gz", SHARED_DATA / sub / "seg.nii.gz",
                                  root / f"ts-{sub}", mod, TOTALSEG_ABDOMEN_LABELS)
             for mod, sub in (("CT", "ct"), ("MR", "mr"))}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tests of the generative and adaptation trainers run with one torch thread (as a site does):
+    small convolutions are slower with two on these 2-core machines."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,12 +27,7 @@ TARGETS = ("mr-site", "cect-site")
 SEEDS = (0, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _script():

@@ -22,12 +22,7 @@ TINY = dict(image_size=16, z_dim=32, w_dim=32, mapping_layers=2, max_channels=32
 KEYS = torch.stack([torch.linspace(-1, 1, 8), torch.linspace(1, -1, 8)])  # one domain key per site
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyFactoryMethod:
