@@ -65,11 +65,16 @@ def fresh_discriminator_accuracy(f_local, f_ref, steps: int, seed: int = 0) -> f
 
 
 def linear_probe_accuracy(x, y, folds: int = 5, seed: int = 0) -> float:
+    """Balanced accuracy of a logistic probe, stratified k-fold (every test fold holds both classes,
+    also with a few slices per modality as on the real pair; fewer folds when a class is smaller)."""
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
+    per_class = [c[torch.randperm(len(c), generator=g)] for c in (torch.nonzero(y == 0).flatten(),
+                                                                  torch.nonzero(y == 1).flatten())]
+    folds = min(folds, *(len(c) for c in per_class))
+    perm = torch.cat(per_class)
     accs = []
     for k in range(folds):
-        te = perm[k::folds]
+        te = torch.cat([c[k::folds] for c in per_class])
         tr = perm[torch.isin(perm, te, invert=True)]
         mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
         xt, xe = (x[tr] - mu) / sd, (x[te] - mu) / sd
