@@ -333,35 +333,41 @@ def run_plain(tmp: Path, rounds: int, data_root: Path, timeout: int) -> dict:
     return res
 
 
-def plain_child(data_root: str, rounds: int) -> None:
-    """Child process of run_plain: R rounds of (validate global, 1 epoch, FedAvg) for both sites in
-    sequence, then the cross-site evaluation's work (each site: 4 models on its test split)."""
+def plain_site(name: str, data_root) -> dict:
+    """One site without NVFlare, set up as the FedGIN job's site script does: the site's seed (as
+    ``init_site``), its slices (validation and test volumes prepared), the method's trainer with the
+    job's settings and torch threads. Returns {"data", "x", "y", "engine"}."""
     import torch
 
     from fedxmodal.data.preprocess import PreprocessConfig
     from fedxmodal.data.slices import SiteSlices
     from fedxmodal.engine.base import seed_everything
     from fedxmodal.engine.supervised import TrainConfig
-    from fedxmodal.fl.segmentation_site import aggregate_metrics
     from fedxmodal.methods import build_trainer
     from fedxmodal.networks.unet import UNetConfig
-    from fedxmodal.utils import instantiate
 
-    t_imports = time.time()
     spec, structures, network, train, preprocess = job_settings()
     ca = spec["client_args"]
     torch.set_num_threads(int(ca.get("num_threads", 1)) or 1)  # the job's per-site setting
-    sites = {}
-    for name in SITES:
-        seed = int(ca.get("seed", 0)) + zlib.crc32(name.encode()) % 100_000  # as init_site
-        seed_everything(seed)
-        data = SiteSlices(Path(data_root) / name, structures, PreprocessConfig.from_dict(preprocess), progress=False)
-        x, y = data.slices("training", foreground_only=True)
-        data.volumes("validation")
-        data.volumes("test")
-        tc = TrainConfig.from_dict({**train, "method": ca.get("method", "gin"), "seed": seed})
-        sites[name] = dict(data=data, x=x, y=y,
-                           engine=build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu"))
+    seed = int(ca.get("seed", 0)) + zlib.crc32(name.encode()) % 100_000  # as init_site
+    seed_everything(seed)
+    data = SiteSlices(Path(data_root) / name, structures, PreprocessConfig.from_dict(preprocess), progress=False)
+    x, y = data.slices("training", foreground_only=True)
+    data.volumes("validation")
+    data.volumes("test")
+    tc = TrainConfig.from_dict({**train, "method": ca.get("method", "gin"), "seed": seed})
+    return dict(data=data, x=x, y=y, engine=build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu"))
+
+
+def plain_child(data_root: str, rounds: int) -> None:
+    """Child process of run_plain: R rounds of (validate global, 1 epoch, FedAvg) for both sites in
+    sequence, then the cross-site evaluation's work (each site: 4 models on its test split)."""
+    from fedxmodal.fl.segmentation_site import aggregate_metrics
+    from fedxmodal.utils import instantiate
+
+    t_imports = time.time()
+    spec = job_settings()[0]
+    sites = {name: plain_site(name, data_root) for name in SITES}
     t_ready = time.time()
     glob = instantiate(spec["model"]).state_dict()
     best, best_dice = copy.deepcopy(glob), -1.0

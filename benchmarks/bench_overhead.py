@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,7 +100,7 @@ def run_variant(tmp: Path, tag: str, overrides: dict, rounds: int, data_root: Pa
     spec.update(overrides)
     job = export_job(tmp / f"jobs_{tag}", spec)
     ws = tmp / f"ws_{tag}"
-    env = {k: v for k, v in bf.os.environ.items() if not k.startswith("FEDXMODAL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
     env.update(FEDXMODAL_DATA_ROOT=str(data_root), FEDXMODAL_CHECKPOINT_DIR=str(tmp / f"ckpt_{tag}"))
     cpu0, t0 = bf.children_cpu_s(), time.time()
     run_simulator(job, ws, env, tmp / f"simulator_{tag}.txt", rounds, bf.SITES, timeout=timeout, echo=False, cwd=tmp)
@@ -127,27 +127,10 @@ def run_variant(tmp: Path, tag: str, overrides: dict, rounds: int, data_root: Pa
 def _site_worker(site: str, data_root: str, conn) -> None:
     """One site without NVFlare: load data, build the engine (the site's seed as init_site), then
     per message: set weights, validate, train 1 epoch, send weights back; or evaluate models (CSE)."""
-    import torch
-
-    from fedxmodal.data.preprocess import PreprocessConfig
-    from fedxmodal.data.slices import SiteSlices
-    from fedxmodal.engine.base import seed_everything
-    from fedxmodal.engine.supervised import TrainConfig
     from fedxmodal.fl.segmentation_site import aggregate_metrics
-    from fedxmodal.methods import build_trainer
-    from fedxmodal.networks.unet import UNetConfig
 
-    spec, structures, network, train, preprocess = bf.job_settings()
-    ca = spec["client_args"]
-    torch.set_num_threads(int(ca.get("num_threads", 1)) or 1)
-    seed = int(ca.get("seed", 0)) + zlib.crc32(site.encode()) % 100_000
-    seed_everything(seed)
-    data = SiteSlices(Path(data_root) / site, structures, PreprocessConfig.from_dict(preprocess), progress=False)
-    x, y = data.slices("training", foreground_only=True)
-    data.volumes("validation")
-    data.volumes("test")
-    eng = build_trainer(structures, UNetConfig.from_dict(network),
-                        TrainConfig.from_dict({**train, "method": ca.get("method", "gin"), "seed": seed}), device="cpu")
+    site_ = bf.plain_site(site, data_root)
+    data, x, y, eng = site_["data"], site_["x"], site_["y"], site_["engine"]
     conn.send(("ready", len(x)))
     while True:
         kind, payload = conn.recv()
