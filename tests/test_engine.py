@@ -232,6 +232,10 @@ def test_cosine_lr_schedule_follows_the_planned_run():
     trainer.plan(4, epochs_done=2)  # round 2 of 4 (one local epoch each): half-way
     trainer.fit(x, y, epochs=1, progress=False)  # last batch at progress 2.5 / 4
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.625)))
+    unplanned = build_trainer(structures, net, TrainConfig(batch_size=4, lr_schedule="cosine", method="none",
+                                                           amp=False), device="cpu")
+    with pytest.raises(ValueError, match="needs the run's length"):  # not a silent lr of 0
+        unplanned.fit(x, y, epochs=1, progress=False)
     constant = build_trainer(structures, net, TrainConfig(batch_size=4, lr=1e-3, method="none", amp=False),
                              device="cpu")
     constant.plan(4, epochs_done=3)

@@ -210,6 +210,7 @@ class AdversarialTrainer(SupervisedTrainer):
                                          disable=not progress)):
                 if should_stop is not None and should_stop():
                     return summary(aborted=True)
+                self.schedule_lr(b, len(batches))  # the segmentation optimizer's (TrainConfig.lr_schedule)
                 x = images[idx].to(self.device, non_blocking=True)
                 y = labels[idx].to(self.device, non_blocking=True).long()
                 d = None if domains is None else domains[idx].to(self.device)

@@ -132,6 +132,9 @@ class SupervisedTrainer(BaseTrainer):
         """Set the model optimizer's lr for ``batch`` of the current epoch (``TrainConfig.lr_at``)."""
         if self.train_config.lr_schedule == "constant":
             return
+        if not self.planned_epochs:  # progress() would read 1.0: a cosine lr of 0 for the whole run
+            raise ValueError(f"lr_schedule {self.train_config.lr_schedule!r} needs the run's length: call "
+                             "plan(epochs) before fit")
         lr = self.train_config.lr_at(self.progress(batch, n_batches))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
