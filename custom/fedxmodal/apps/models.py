@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..fl.client_loop import parse_client_args
+from ..fl.client_args import parse_client_args
 from ..methods import load_trainer, trainer_from_job_args
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List
 
 import fedxmodal
-from fedxmodal.fl.client_loop import format_client_args
+from fedxmodal.fl.client_args import format_client_args
 from fedxmodal.fl.guard import DEFAULT_METRIC_PATTERNS
 from fedxmodal.methods import METHODS, method_class
 
