@@ -98,9 +98,9 @@ def quality_metrics(trainer, train: ConditionedSlices, val: ConditionedSlices, n
     others = [s for s in range(n_sites) if s != val.site_index]
     out = {"swd": swd(real, generated(val.site_index, True), seed=seed),
            "swd_nokey": swd(real, generated(val.site_index, False), seed=seed),
-           "swd_floor": val.floor_cache.get((id(train), n, seed))}
-    if out["swd_floor"] is None:
-        out["swd_floor"] = val.floor_cache[(id(train), n, seed)] = swd(real, train.subset(n, seed=seed)[0], seed=seed)
+           "swd_floor": val.floor_cache.get((train, n, seed))}
+    if out["swd_floor"] is None:  # keyed by the split object itself (a held reference, unlike an id)
+        out["swd_floor"] = val.floor_cache[(train, n, seed)] = swd(real, train.subset(n, seed=seed)[0], seed=seed)
     if others:
         out["swd_other"] = sum(swd(real, generated(s, False), seed=seed) for s in others) / len(others)
     return out
