@@ -75,6 +75,7 @@ def fit_steps(trainer, images: torch.Tensor, labels: torch.Tensor, steps: int, s
         if len(pool) < bs:
             pool = torch.cat([pool, torch.randperm(n, generator=gen)])
         idx, pool = pool[:bs], pool[bs:]
+        # one fit() "epoch" per step: the trainer's epochs_done counts steps (no lr schedule is used here)
         losses.append(trainer.fit(images[idx], labels[idx], epochs=1, progress=False)["loss"])
         if desc and (step % max(1, steps // 5) == 0 or step == steps):
             print(f"   {desc}: step {step}/{steps} loss {losses[-1]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
