@@ -73,9 +73,13 @@ def render_table(table, structures, modalities, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _exceeds(diff, a, b) -> str:
-    """(mean, sd, n) pairs: 'yes' / 'no' with 2+ seeds each, 'n/a (1 seed)' otherwise (no spread)."""
-    if min(a[2], b[2]) < 2:
+DETERMINISTIC = {("raw", "floor")}  # no seed in it: computed once, its spread is 0
+
+
+def _exceeds(diff, a, b, b_deterministic: bool = False) -> str:
+    """(mean, sd, n) pairs: 'yes' / 'no' with 2+ seeds each (or ``b`` deterministic), 'n/a (1 seed)'
+    otherwise (no spread)."""
+    if a[2] < 2 or (b[2] < 2 and not b_deterministic):
         return "n/a (1 seed)"
     return "yes" if abs(diff) > a[1] + b[1] else "no"
 
@@ -96,7 +100,7 @@ def spread_check(table, modalities) -> str:
                 continue
             diff = a[0] - b[0]
             lines.append(f"| {method} {regime} | {setting} | {m} | {fmt(*a)} | {fmt(*b)} | {100 * diff:+.1f} | "
-                         f"{_exceeds(diff, a, b)} |")
+                         f"{_exceeds(diff, a, b, (method, regime) in DETERMINISTIC)} |")
     return "\n".join(lines) + "\n"
 
 
