@@ -76,6 +76,28 @@ def render_table(table, structures, modalities, title: str) -> str:
 DETERMINISTIC = {("raw", "floor")}  # no seed in it: computed once, its spread is 0
 
 
+NAMES = {"fedcowpro": "FedCoWPro", "cowpro": "CoWPro (CE + alignment)", "ssl_alpnet": "SSL-ALPNet",
+         "untrained": "floor: untrained encoder", "raw": "floor: raw intensities"}
+
+
+def overview(cells) -> str:
+    """One row per (method, regime, setting): the mean over structures of every protocol, per modality."""
+    tables = [collect(cells, p, False) for p in ("in_range", "whole_volume", "in_range_prior")]
+    cross = collect(cells, "in_range", True)
+    rank = {"federated": 0, "centralized": 1, "floor": 3}
+    known = list(NAMES)
+    key = lambda k: (k[2], rank.get(k[1].split(":")[0], 2), k[1], known.index(k[0]) if k[0] in known else 99)  # noqa: E731
+    lines = ["### Overview: mean Dice over the structures, per query modality", "",
+             "| method | regime | setting | CT in range | MR in range | CT whole volume | MR whole volume | CT prior on "
+             "| MR prior on | CT query, MR support | MR query, CT support |", "|" + " --- |" * 11]
+    for k in sorted(tables[0], key=key):
+        vals = [fmt(*ms(t[k].get((m, "mean"), []))) for t in (*tables, cross) for m in ("CT", "MR")]
+        floor = k[1] == "floor"
+        lines.append(f"| {NAMES.get(k[0], k[0])} | {'-' if floor else k[1]} | {'-' if floor else k[2]} | "
+                     + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _exceeds(diff, a, b, b_deterministic: bool = False) -> str:
     """(mean, sd, n) pairs: 'yes' / 'no' with 2+ seeds each (or ``b`` deterministic), 'n/a (1 seed)'
     otherwise (no spread)."""
@@ -148,6 +170,7 @@ def main(argv=None) -> int:
     parts = [f"## One-shot Dice x100, mean +- sd over seeds ({out})\n\nBudget per cell: {budget}; encoder trained "
              "from scratch, CPU budget. Support: the first labelled volume of the support site holding the "
              "structure (validation, then training, then test), never the query itself.\n"]
+    parts.append(overview(ok))
     for protocol, what in (("in_range", "SSL-ALPNet protocol (query slices in the ground-truth range)"),
                            ("whole_volume", "whole query volume (no ground-truth range)"),
                            ("in_range_prior", "SSL-ALPNet protocol, quadrant prior on")):

@@ -47,3 +47,8 @@ def test_spread_rule_and_tables(tmp_path):
     # the cross-modality table holds the cross pairs' values, not the same-modality ones
     cross = text.split("cross-modality")[1].split("###")[0]
     assert "30.0 +- 0.0" in cross and "62.0" not in cross
+    # the overview: one row per cell kind, every protocol's mean, same-modality then cross-modality columns
+    overview = text.split("### Overview")[1].split("###")[0]
+    row = next(line for line in overview.splitlines() if line.startswith("| FedCoWPro | federated | 1 |"))
+    assert row.count("62.0 +- 2.8") == 6 and row.count("11.0 +- 1.4") == 2
+    assert "| floor: raw intensities | - | - | 20.0 |" in overview
