@@ -153,6 +153,14 @@ def timings(cells) -> str:
     return "\n".join(lines) + "\n"
 
 
+def failure_reason(error: str) -> str:
+    """The line of a failed cell's log that names the site and its problem (the site script's
+    ``site <name>: bad data: ...``), else the error's first line."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    named = [line for line in lines if line.startswith(("RuntimeError: site", "ValueError: site"))]
+    return (named[0] if named else lines[0] if lines else "?")[:300]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
@@ -184,7 +192,8 @@ def main(argv=None) -> int:
     failed = [c for c in cells if "error" in c]
     if failed:
         parts.append("### Cells without a result\n\n" + "\n".join(
-            f"- {c['method']} {c['regime']} setting {c['setting']} seed {c['seed']}: {c['error'][:200]}" for c in failed))
+            f"- {c['method']} {c['regime']} setting {c['setting']} seed {c['seed']}: {failure_reason(c['error'])}"
+            for c in failed))
     text = "\n".join(parts)
     Path(a.md or out / "summary.md").write_text(text)
     print(text)

@@ -96,6 +96,26 @@ def test_site_superpixels_on_an_unlabelled_site_are_cached_in_the_site(tmp_path,
     assert (first.superpixels > 0).any() and not (first.superpixels[img <= img.min() + 1e-3] > 0).any()
 
 
+def test_setting2_keeps_slices_without_a_test_organ_and_names_the_site_when_none_is_left(tmp_path):
+    from fedxmodal.data.errors import DataError
+    from fedxmodal.methods.fedcowpro import FedCoWProMethod
+
+    img, lab = blob_case(0)
+    everywhere = lab.copy()
+    everywhere[5:20, 8:25, :] = 1  # the liver in all 6 slices
+    site = write_site(tmp_path / "ct", {"training": [blob_case(0), (img, everywhere)], "validation": [blob_case(2)],
+                                        "test": [blob_case(3)]})
+    data = SiteSlices(site, ("liver", "spleen"), PreprocessConfig(spacing=1.25, size=64), progress=False)
+    images, sp = FedCoWProMethod(exclude_structures=["liver"]).training_slices(data)
+    assert images.shape[0] == 2 and sp.shape[0] == 2  # blob_case's first and last slice hold no liver
+    only_everywhere = write_site(tmp_path / "ct2", {"training": [(img, everywhere)], "validation": [blob_case(2)],
+                                                    "test": [blob_case(3)]})
+    data = SiteSlices(only_everywhere, ("liver", "spleen"), PreprocessConfig(spacing=1.25, size=64), progress=False)
+    with pytest.raises(DataError, match="site 'ct2': setting 2 leaves no training slice") as err:
+        FedCoWProMethod(exclude_structures=["liver"]).training_slices(data)
+    assert "dataset.json" in str(err.value)
+
+
 def test_superpixel_preview_png(tmp_path):
     import matplotlib.image as mpimg
 

@@ -70,6 +70,9 @@ class PrototypeMethod(EpisodicMethod):
                                                  f"{len(unlabelled)} case(s) have none ({', '.join(unlabelled[:3])})")
         labels = torch.cat([v.label for v in site.volumes(split)])
         keep = setting2_keep(labels, [site.structures.index(s) + 1 for s in self.exclude_structures])
+        if not keep.any():
+            raise DataError(site.site.json_path, f"site '{site.name}': setting 2 leaves no {split} slice: each of "
+                                                 f"the {len(keep)} holds one of {list(self.exclude_structures)}")
         return sp.images[keep], sp.superpixels[keep]
 
     def episode_sampler(self, sites, split: str = "training", seed: int = 0) -> EpisodeSampler:
