@@ -105,15 +105,18 @@ def test_setting2_keeps_slices_without_a_test_organ_and_names_the_site_when_none
     everywhere[5:20, 8:25, :] = 1  # the liver in all 6 slices
     site = write_site(tmp_path / "ct", {"training": [blob_case(0), (img, everywhere)], "validation": [blob_case(2)],
                                         "test": [blob_case(3)]})
-    data = SiteSlices(site, ("liver", "spleen"), PreprocessConfig(spacing=1.25, size=64), progress=False)
-    images, sp = FedCoWProMethod(exclude_structures=["liver"]).training_slices(data)
+    mixed = SiteSlices(site, ("liver", "spleen"), PreprocessConfig(spacing=1.25, size=64), progress=False)
+    images, sp = FedCoWProMethod(exclude_structures=["liver"]).training_slices(mixed)
     assert images.shape[0] == 2 and sp.shape[0] == 2  # blob_case's first and last slice hold no liver
     only_everywhere = write_site(tmp_path / "ct2", {"training": [(img, everywhere)], "validation": [blob_case(2)],
                                                     "test": [blob_case(3)]})
     data = SiteSlices(only_everywhere, ("liver", "spleen"), PreprocessConfig(spacing=1.25, size=64), progress=False)
-    with pytest.raises(DataError, match="site 'ct2': setting 2 leaves no training slice") as err:
-        FedCoWProMethod(exclude_structures=["liver"]).training_slices(data)
+    method = FedCoWProMethod(exclude_structures=["liver"])
+    assert method.training_slices(data)[0].shape[0] == 0  # adds nothing to a pool of sites ...
+    with pytest.raises(DataError, match="site\\(s\\) 'ct2': setting 2 leaves no training slice") as err:
+        method.episode_sampler([data])  # ... but cannot train alone
     assert "dataset.json" in str(err.value)
+    assert len(method.episode_sampler([mixed, data]).candidates) == 2  # pooled (centralized): the other site's 2
 
 
 def test_superpixel_preview_png(tmp_path):

@@ -70,13 +70,16 @@ class PrototypeMethod(EpisodicMethod):
                                                  f"{len(unlabelled)} case(s) have none ({', '.join(unlabelled[:3])})")
         labels = torch.cat([v.label for v in site.volumes(split)])
         keep = setting2_keep(labels, [site.structures.index(s) + 1 for s in self.exclude_structures])
-        if not keep.any():
-            raise DataError(site.site.json_path, f"site '{site.name}': setting 2 leaves no {split} slice: each of "
-                                                 f"the {len(keep)} holds one of {list(self.exclude_structures)}")
         return sp.images[keep], sp.superpixels[keep]
 
     def episode_sampler(self, sites, split: str = "training", seed: int = 0) -> EpisodeSampler:
+        """Episodes from the ``sites`` pooled (one site at a federated site; a site that setting 2
+        empties adds nothing to a pool, but a pool with no slice at all is an error naming them)."""
         parts = [self.training_slices(s, split) for s in sites]
+        if self.exclude_structures and sum(len(p[0]) for p in parts) == 0:
+            raise DataError(sites[0].site.json_path, f"site(s) {', '.join(repr(s.name) for s in sites)}: setting 2 "
+                                                     f"leaves no {split} slice: each holds one of "
+                                                     f"{list(self.exclude_structures)}")
         return EpisodeSampler(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                               self.episode_config, seed=seed)
 
