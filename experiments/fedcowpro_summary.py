@@ -61,12 +61,23 @@ def collect(cells, protocol: str, cross: bool):
     return table
 
 
+NAMES = {"fedcowpro": "FedCoWPro", "cowpro": "CoWPro (CE + alignment)", "ssl_alpnet": "SSL-ALPNet",
+         "untrained": "floor: untrained encoder", "raw": "floor: raw intensities"}
+
+
+def row_order(key) -> tuple:
+    """(method, regime, setting) -> the tables' row order: by setting, then federated, centralized,
+    each site alone, the floors; within a regime the methods in NAMES' order."""
+    method, regime, setting = key
+    rank = {"federated": 0, "centralized": 1, "floor": 3}.get(regime.split(":")[0], 2)
+    return setting, rank, regime, list(NAMES).index(method) if method in NAMES else len(NAMES), method
+
+
 def render_table(table, structures, modalities, title: str) -> str:
     cols = [(m, s) for m in modalities for s in [*structures, "mean"]]
     lines = [f"### {title}", "", "| method | regime | setting | " + " | ".join(f"{m} {s}" for m, s in cols) + " |",
              "|" + " --- |" * (3 + len(cols))]
-    order = lambda r: (0 if r == "federated" else 1 if r == "centralized" else 3 if r == "floor" else 2)  # noqa: E731
-    for (method, regime, setting) in sorted(table, key=lambda k: (k[2], order(k[1]), k[1], k[0])):
+    for (method, regime, setting) in sorted(table, key=row_order):
         row = table[(method, regime, setting)]
         lines.append(f"| {method} | {regime} | {setting if regime != 'floor' else '-'} | "
                      + " | ".join(fmt(*ms(row.get(c, []))) for c in cols) + " |")
@@ -76,21 +87,14 @@ def render_table(table, structures, modalities, title: str) -> str:
 DETERMINISTIC = {("raw", "floor")}  # no seed in it: computed once, its spread is 0
 
 
-NAMES = {"fedcowpro": "FedCoWPro", "cowpro": "CoWPro (CE + alignment)", "ssl_alpnet": "SSL-ALPNet",
-         "untrained": "floor: untrained encoder", "raw": "floor: raw intensities"}
-
-
 def overview(cells) -> str:
     """One row per (method, regime, setting): the mean over structures of every protocol, per modality."""
     tables = [collect(cells, p, False) for p in ("in_range", "whole_volume", "in_range_prior")]
     cross = collect(cells, "in_range", True)
-    rank = {"federated": 0, "centralized": 1, "floor": 3}
-    known = list(NAMES)
-    key = lambda k: (k[2], rank.get(k[1].split(":")[0], 2), k[1], known.index(k[0]) if k[0] in known else 99)  # noqa: E731
     lines = ["### Overview: mean Dice over the structures, per query modality", "",
              "| method | regime | setting | CT in range | MR in range | CT whole volume | MR whole volume | CT prior on "
              "| MR prior on | CT query, MR support | MR query, CT support |", "|" + " --- |" * 11]
-    for k in sorted(tables[0], key=key):
+    for k in sorted(tables[0], key=row_order):
         vals = [fmt(*ms(t[k].get((m, "mean"), []))) for t in (*tables, cross) for m in ("CT", "MR")]
         floor = k[1] == "floor"
         lines.append(f"| {NAMES.get(k[0], k[0])} | {'-' if floor else k[1]} | {'-' if floor else k[2]} | "
