@@ -1,18 +1,26 @@
 """Print the markdown tables of docs/results.md from the runs of experiments/fedgin_phantom.sh.
 
-Usage: python experiments/summarize_fedgin.py [RUN_DIR] [--model final|best]
+Usage: python experiments/summarize_fedgin.py [RUN_DIR ...] [--model final|best]
+
+One RUN_DIR: that run's tables. Several (one per seed, ``SEED=k bash experiments/fedgin_phantom.sh
+runs/fedgin_phantom/seedk``): mean +- sd over them per cell, and for the two claims (federated vs
+centralized, GIN's lift on the unseen MR) the difference and whether it exceeds the seed spread
+(the +-1 sd intervals do not overlap; a coarse screen with few seeds, not a significance test).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from fedxmodal.metrics.report import dice_table
+from fedxmodal.apps.compare_seeds import _mean_sd, exceeds_spread
+from fedxmodal.metrics.report import _fmt
 
 SITES = (("ct-site", "CT"), ("mr-site", "MR"))
+FED, CEN = "FedGIN (federated, NVFlare simulator)", "GIN, centralized (pooled CT + MR)"
+NONE, GIN = "no augmentation, CT only", "GIN, CT only"
+ROWS = ((CEN, "centralized_gin"), (NONE, "ct_only_none"), (GIN, "ct_only_gin"))
 
 
 def load(run_dir: Path, model: str) -> dict[str, dict]:
@@ -20,43 +28,71 @@ def load(run_dir: Path, model: str) -> dict[str, dict]:
     runs = {}
     fed = run_dir / "fedgin" / "results" / "fedgin.json"
     if fed.is_file():
-        runs["FedGIN (federated, NVFlare simulator)"] = json.loads(fed.read_text())["models"][model]
-    for name, sub in (("GIN, centralized (pooled CT + MR)", "centralized_gin"),
-                      ("no augmentation, CT only", "ct_only_none"), ("GIN, CT only", "ct_only_gin")):
+        runs[FED] = json.loads(fed.read_text())["models"][model]
+    for name, sub in ROWS:
         res = run_dir / sub / "results.json"
         if res.is_file():
             runs[name] = json.loads(res.read_text())["models"][model]
     return runs
 
 
+def cell(runs: list[dict], row: str, site: str, structure: str | None) -> tuple:
+    """(mean, sd, n) over the runs of one row's Dice at one site (structure None: the mean Dice)."""
+    vals = [r[row][site]["mean_dice"] if structure is None else r[row][site]["dice"][structure]
+            for r in runs if row in r and site in r[row]]
+    return _mean_sd(vals)
+
+
+def fmt(stat: tuple) -> str:
+    mean, sd, n = stat
+    if mean is None:
+        return "…"
+    return _fmt(mean) if n == 1 else f"{_fmt(mean)} +- {_fmt(sd)}"
+
+
+def verdict(a: tuple, b: tuple) -> str:
+    ex = exceeds_spread(a, b)
+    return "n/a" if ex is None else ("**yes**" if ex else "no")
+
+
+def tables(runs: list[dict], model: str, n_dirs: int) -> str:
+    rows = [name for name in (FED, CEN, NONE, GIN) if any(name in r for r in runs)]
+    structures = list(next(iter(next(r for r in runs if r)[rows[0]].values()))["dice"])
+    over = "" if n_dirs == 1 else f", mean +- sd over {n_dirs} seeds"
+    out = []
+    for site, mod in SITES:
+        out += [f"\n#### {mod} test volumes ({site}), {model} models{over}\n",
+                "| | " + " | ".join(structures) + " | mean |", "|---|" + "---|" * (len(structures) + 1)]
+        out += [f"| {row} | " + " | ".join(fmt(cell(runs, row, site, s)) for s in (*structures, None)) + " |"
+                for row in rows]
+    if FED in rows and CEN in rows:
+        out += ["\n#### FedGIN against centralized GIN (mean Dice)\n",
+                "| test modality | FedGIN | centralized | ratio of means | difference exceeds the seed spread? |",
+                "|---|---|---|---|---|"]
+        for site, mod in SITES:
+            f, c = cell(runs, FED, site, None), cell(runs, CEN, site, None)
+            ratio = f[0] / c[0] if f[0] is not None and c[0] else None
+            out.append(f"| {mod} | {fmt(f)} | {fmt(c)} | {_fmt(ratio)} | {verdict(f, c)} |")
+    if NONE in rows and GIN in rows:
+        out += ["\n#### CT-only training tested on the unseen MR: GIN's lift per structure\n",
+                "| structure | without GIN | with GIN | change | exceeds the seed spread? |", "|---|---|---|---|---|"]
+        for s in (*structures, None):
+            x, y = cell(runs, NONE, "mr-site", s), cell(runs, GIN, "mr-site", s)
+            change = None if x[0] is None or y[0] is None else y[0] - x[0]
+            sign = "+" if change is not None and change >= 0 else ""
+            out.append(f"| {s or 'mean'} | {fmt(x)} | {fmt(y)} | {sign}{_fmt(change)} | {verdict(y, x)} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("run_dir", nargs="?", default="runs/fedgin_phantom")
+    p.add_argument("run_dirs", nargs="*", default=["runs/fedgin_phantom"])
     p.add_argument("--model", choices=("final", "best"), default="final")
     a = p.parse_args()
-    runs = load(Path(a.run_dir), a.model)
-    if not runs:
-        raise SystemExit(f"no results under {a.run_dir}: run experiments/fedgin_phantom.sh first")
-    structures = list(next(iter(next(iter(runs.values())).values()))["dice"])
-    for site, mod in SITES:
-        rows = [(name, by_site[site]) for name, by_site in runs.items() if site in by_site]
-        print(f"\n#### {mod} test volumes ({site}), {a.model} models\n")
-        print(dice_table(rows, structures))
-    fed, cen = runs.get("FedGIN (federated, NVFlare simulator)"), runs.get("GIN, centralized (pooled CT + MR)")
-    if fed and cen:
-        print("\n#### FedGIN / centralized GIN (mean Dice ratio)\n")
-        print("| test modality | FedGIN | centralized | ratio |\n|---|---|---|---|")
-        for site, mod in SITES:
-            f, c = fed[site]["mean_dice"], cen[site]["mean_dice"]
-            print(f"| {mod} | {f:.3f} | {c:.3f} | {f / c if c else math.nan:.2f} |")
-    none, gin = runs.get("no augmentation, CT only"), runs.get("GIN, CT only")
-    if none and gin:
-        print("\n#### CT-only training tested on the unseen MR: GIN's lift per structure\n")
-        print("| structure | without GIN | with GIN | change |\n|---|---|---|---|")
-        for s in structures + ["mean"]:
-            x = none["mr-site"]["mean_dice"] if s == "mean" else none["mr-site"]["dice"][s]
-            y = gin["mr-site"]["mean_dice"] if s == "mean" else gin["mr-site"]["dice"][s]
-            print(f"| {s} | {x:.3f} | {y:.3f} | {y - x:+.3f} |")
+    runs = [load(Path(d), a.model) for d in a.run_dirs]
+    if not any(runs):
+        raise SystemExit(f"no results under {a.run_dirs}: run experiments/fedgin_phantom.sh first")
+    print(tables(runs, a.model, len(a.run_dirs)))
 
 
 if __name__ == "__main__":
