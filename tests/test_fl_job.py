@@ -29,7 +29,7 @@ MODELS = {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
 sys.path.insert(0, str(TOY))
 from toy_client import weights_digest  # noqa: E402
 
-from fedxmodal.fl.client_loop import parse_client_args  # noqa: E402
+from fedxmodal.fl.client_args import parse_client_args  # noqa: E402
 from fedxmodal.recipes.export import compare_job_dirs, export_job, load_spec  # noqa: E402
 
 

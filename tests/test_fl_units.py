@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedxmodal.fl.client_loop import format_client_args, parse_client_args
+from fedxmodal.fl.client_args import format_client_args, parse_client_args
 from fedxmodal.utils import instantiate
 from fedxmodal.fl.site_config import (
     SiteNotConfiguredError,

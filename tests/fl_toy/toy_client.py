@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import fedxmodal  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client  # noqa: E402
+from fedxmodal.fl.client_args import parse_client_args  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, run_client  # noqa: E402
 from fedxmodal.utils import instantiate  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from toy_task import load_toy_site, mean_dice, seg_loss  # noqa: E402

@@ -24,8 +24,8 @@ if _CUSTOM_DIR not in sys.path:
     sys.path.insert(0, _CUSTOM_DIR)
 
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import (init_site, parse_client_args, run_client, site_data_or_stop,  # noqa: E402
-                                      site_trainer)
+from fedxmodal.fl.client_args import parse_client_args  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, run_client, site_data_or_stop, site_trainer  # noqa: E402
 from fedxmodal.fl.segmentation_site import site_state_dir  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from fedxmodal.methods import method_class  # noqa: E402

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from fedxmodal.data.errors import DataError
-from fedxmodal.fl.client_args import format_client_args, parse_client_args  # noqa: F401 (re-exported)
 from fedxmodal.engine.base import seed_everything  # the one seeding function (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -43,9 +42,7 @@ NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"  # nvflare.apis.fl_constant.FLMetaKey.
 __all__ = [
     "RoundInfo",
     "SiteContext",
-    "format_client_args",
     "init_site",
-    "parse_client_args",
     "run_client",
     "seed_everything",
     "set_num_threads",

@@ -39,8 +39,8 @@ if _CUSTOM_DIR not in sys.path:
 
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.fl.client_loop import (init_site, parse_client_args, serve_runner, site_data_or_stop,  # noqa: E402
-                                      site_trainer)
+from fedxmodal.fl.client_args import parse_client_args  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, serve_runner, site_data_or_stop, site_trainer  # noqa: E402
 from fedxmodal.fl.site_config import resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_ONESHOT_METHOD, method_class  # noqa: E402
 

@@ -25,7 +25,8 @@ if _CUSTOM_DIR not in sys.path:
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
 from fedxmodal.engine.supervised import TrainConfig  # noqa: E402
-from fedxmodal.fl.client_loop import init_site, parse_client_args, run_client, site_data_or_stop  # noqa: E402
+from fedxmodal.fl.client_args import parse_client_args  # noqa: E402
+from fedxmodal.fl.client_loop import init_site, run_client, site_data_or_stop  # noqa: E402
 from fedxmodal.fl.site_config import find_site_workspace, resolve_site_config  # noqa: E402
 from fedxmodal.methods import DEFAULT_METHOD, build_trainer, method_class  # noqa: E402
 from fedxmodal.networks.unet import config_from_job_model  # noqa: E402

@@ -8,7 +8,7 @@ see :mod:`fedxmodal.recipes.spec`)::
 
 Every knob lives in the exported configuration: the server's in ``config_fed_server.json``
 (component args), the sites' as ``--key=value`` script arguments in ``config_fed_client.json``
-(``task_script_args``; read with :func:`fedxmodal.fl.client_loop.parse_client_args`). The code
+(``task_script_args``; read with :func:`fedxmodal.fl.client_args.parse_client_args`). The code
 travels WITH the job: the runtime part of the ``fedxmodal`` package (from ``custom/``, the one
 source; never its host-side tools) is copied into ``app/custom/``. NVFlare does not follow a
 directory symlink when it packs a job (docs/nvflare-notes.md), hence the copy.
