@@ -9,7 +9,12 @@ intensities, blob labels: throughput does not depend on content). Trainers measu
 ``supervised:gin`` and ``supervised:none`` (SupervisedTrainer, with and without GIN),
 ``adversarial:fedda`` (AdversarialTrainer: a segmentation and a discriminator step per batch) and
 ``episodic:fedcowpro`` (EpisodicTrainer, the fedcowpro job's encoder, 4 episodes per step; figure
-in episodes/s). A figure, not a test; run it on a quiet machine.
+in episodes/s), ``gan:data_factory`` (GanTrainer, the factory job's conditional GAN at 64 px, batch
+8: one D step, one G step, the EMA update per batch, lazy R1 / path length as in training) and
+``adaptation:target`` (AdaptationTrainer, the factory_adapt job's encoder and head on an untrained
+generator of the factory's settings, batch 8: a target adaptation step -- reconstruction, cycle
+through the source domain, source-like samples labelled by a source branch, three labelled slices).
+A figure, not a test; run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -71,10 +76,68 @@ def episodic(amp: bool, size: int, n: int, device: str):
     return trainer, lambda: trainer.fit(lambda: next(cycle), steps=steps), steps * 4
 
 
+def _spec_args(name: str) -> dict:
+    spec = json.loads((Path(__file__).resolve().parents[1] / "jobs" / "specs" / f"{name}.json").read_text())
+    return {k: v for k, v in spec["model"]["args"].items() if k != "init_seed"}
+
+
+def _gan_batch(cfg, b: int, site: int | None = None):
+    """Random slices and conditions; ``site``: all of one site (a target's batches), else mixed."""
+    import torch
+
+    sites = torch.randint(0, cfg.n_sites, (b,)) if site is None else torch.full((b,), site)
+    return {"images": torch.rand(b, 1, cfg.image_size, cfg.image_size) * 2 - 1, "site": sites, "key": torch.randn(b, cfg.key_dim),
+            "zbin": torch.randint(0, cfg.n_zbins, (b,))}
+
+
+def gan(amp: bool, n: int, device: str):
+    """The data factory's GanTrainer with the factory job's network: ``n // 8`` steps of batch 8."""
+    import torch
+
+    from fedxmodal.engine.gan import GanConfig
+    from fedxmodal.methods import build_trainer
+
+    torch.manual_seed(0)
+    trainer = build_trainer((), _spec_args("factory"), GanConfig(method="data_factory", amp=amp, batch_size=8,
+                            method_args={"sites": ["a", "b", "c"]}), device=device)
+    steps = max(1, n // 8)
+    return trainer, lambda: trainer.fit(lambda: _gan_batch(trainer.cfg, 8), steps=steps), steps * 8
+
+
+def adaptation(amp: bool, n: int, device: str):
+    """Phase 2's AdaptationTrainer at a target, the factory_adapt job's widths, an untrained generator
+    of the factory's settings: ``n // 8`` target steps of batch 8 with three labelled slices."""
+    import torch
+
+    from fedxmodal.engine.adaptation import AdaptationConfig, AdaptationTrainer
+    from fedxmodal.methods.factory.adaptation import AdaptationMethod
+    from fedxmodal.networks.gan import FactoryGAN
+
+    args = _spec_args("factory_adapt")
+    widths = {k: args.pop(k) for k in ("encoder_width", "head_width")}
+    structures = tuple(f"s{i}" for i in range(args.pop("n_classes") - 1))
+    torch.manual_seed(0)
+    generator = FactoryGAN.from_args(**args).generator_ema
+
+    def trainer_():
+        return AdaptationTrainer(structures, AdaptationMethod(), network=widths, generator=generator, device=device,
+                                 train=AdaptationConfig(method=AdaptationMethod.name, amp=amp, batch_size=8))
+    source, trainer = trainer_(), trainer_()
+    trainer.set_source_branch(source)
+    cfg = generator.cfg
+    labelled = {**_gan_batch(cfg, 3, site=1), "labels": torch.randint(0, len(structures) + 1, (3, cfg.image_size,
+                                                                                         cfg.image_size))}
+    steps = max(1, n // 8)
+    return trainer, lambda: trainer.fit_target(lambda: _gan_batch(cfg, 8, site=1), steps, source_site=0,
+                                               labelled=labelled), steps * 8
+
+
 TRAINERS = {"supervised:gin": lambda amp, a: supervised("gin", amp, a.size, a.n, a.device),
             "supervised:none": lambda amp, a: supervised("none", amp, a.size, a.n, a.device),
             "adversarial:fedda": lambda amp, a: adversarial(amp, a.size, a.n, a.device),
-            "episodic:fedcowpro": lambda amp, a: episodic(amp, a.size, a.n, a.device)}
+            "episodic:fedcowpro": lambda amp, a: episodic(amp, a.size, a.n, a.device),
+            "gan:data_factory": lambda amp, a: gan(amp, a.n, a.device),
+            "adaptation:target": lambda amp, a: adaptation(amp, a.n, a.device)}
 
 
 def main(argv=None) -> int:
