@@ -43,11 +43,13 @@ def cell(runs: list[dict], row: str, site: str, structure: str | None) -> tuple:
     return _mean_sd(vals)
 
 
-def fmt(stat: tuple) -> str:
+def fmt(stat: tuple, n_runs: int = 1) -> str:
+    """mean +- sd; ``(n=k)`` when only k of the n_runs seeds have the cell."""
     mean, sd, n = stat
     if mean is None:
         return "…"
-    return _fmt(mean) if n == 1 else f"{_fmt(mean)} +- {_fmt(sd)}"
+    text = _fmt(mean) if n == 1 else f"{_fmt(mean)} +- {_fmt(sd)}"
+    return text if n == n_runs else f"{text} (n={n})"
 
 
 def verdict(a: tuple, b: tuple) -> str:
@@ -63,7 +65,7 @@ def tables(runs: list[dict], model: str, n_dirs: int) -> str:
     for site, mod in SITES:
         out += [f"\n#### {mod} test volumes ({site}), {model} models{over}\n",
                 "| | " + " | ".join(structures) + " | mean |", "|---|" + "---|" * (len(structures) + 1)]
-        out += [f"| {row} | " + " | ".join(fmt(cell(runs, row, site, s)) for s in (*structures, None)) + " |"
+        out += [f"| {row} | " + " | ".join(fmt(cell(runs, row, site, s), n_dirs) for s in (*structures, None)) + " |"
                 for row in rows]
     if FED in rows and CEN in rows:
         out += ["\n#### FedGIN against centralized GIN (mean Dice)\n",
@@ -72,7 +74,7 @@ def tables(runs: list[dict], model: str, n_dirs: int) -> str:
         for site, mod in SITES:
             f, c = cell(runs, FED, site, None), cell(runs, CEN, site, None)
             ratio = f[0] / c[0] if f[0] is not None and c[0] else None
-            out.append(f"| {mod} | {fmt(f)} | {fmt(c)} | {_fmt(ratio)} | {verdict(f, c)} |")
+            out.append(f"| {mod} | {fmt(f, n_dirs)} | {fmt(c, n_dirs)} | {_fmt(ratio)} | {verdict(f, c)} |")
     if NONE in rows and GIN in rows:
         out += ["\n#### CT-only training tested on the unseen MR: GIN's lift per structure\n",
                 "| structure | without GIN | with GIN | change | exceeds the seed spread? |", "|---|---|---|---|---|"]
@@ -80,7 +82,7 @@ def tables(runs: list[dict], model: str, n_dirs: int) -> str:
             x, y = cell(runs, NONE, "mr-site", s), cell(runs, GIN, "mr-site", s)
             change = None if x[0] is None or y[0] is None else y[0] - x[0]
             sign = "+" if change is not None and change >= 0 else ""
-            out.append(f"| {s or 'mean'} | {fmt(x)} | {fmt(y)} | {sign}{_fmt(change)} | {verdict(y, x)} |")
+            out.append(f"| {s or 'mean'} | {fmt(x, n_dirs)} | {fmt(y, n_dirs)} | {sign}{_fmt(change)} | {verdict(y, x)} |")
     return "\n".join(out) + "\n"
 
 
