@@ -86,8 +86,8 @@ def _gan_batch(cfg, b: int, site: int | None = None):
     import torch
 
     sites = torch.randint(0, cfg.n_sites, (b,)) if site is None else torch.full((b,), site)
-    return {"images": torch.rand(b, 1, cfg.image_size, cfg.image_size) * 2 - 1, "site": sites, "key": torch.randn(b, cfg.key_dim),
-            "zbin": torch.randint(0, cfg.n_zbins, (b,))}
+    return {"images": torch.rand(b, 1, cfg.image_size, cfg.image_size) * 2 - 1, "site": sites,
+            "key": torch.randn(b, cfg.key_dim), "zbin": torch.randint(0, cfg.n_zbins, (b,))}
 
 
 def gan(amp: bool, n: int, device: str):

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
 from fedxmodal.apps.compare import GRID_TRAIN  # noqa: E402
-from fedxmodal.apps.compare_seeds import _mean_sd  # noqa: E402
+from fedxmodal.apps.compare_seeds import mean_sd  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
 from fedxmodal.engine.base import seed_everything  # noqa: E402
@@ -234,7 +234,7 @@ class Baselines:
                 row = {}
                 for col in cols:
                     vals = [c.get("mean_dice") if col == "mean" else c.get("dice", {}).get(col) for c in cells]
-                    row[col] = _mean_sd([math.nan if v is None else v for v in vals])
+                    row[col] = mean_sd([math.nan if v is None else v for v in vals])
                 stats[target][b] = {col: dict(zip(("mean", "sd", "n"), v)) for col, v in row.items()}
                 lines.append(f"| {BASELINES[b][1]} | " + " | ".join(
                     f"{_fmt(mu)} +- {_fmt(sd)} (n={n})" if mu is not None else "n/a" for mu, sd, n in row.values())

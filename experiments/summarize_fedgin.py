@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedxmodal.apps.compare_seeds import _mean_sd, exceeds_spread
+from fedxmodal.apps.compare_seeds import mean_sd, exceeds_spread
 from fedxmodal.metrics.report import _fmt
 
 SITES = (("ct-site", "CT"), ("mr-site", "MR"))
@@ -40,7 +40,7 @@ def cell(runs: list[dict], row: str, site: str, structure: str | None) -> tuple:
     """(mean, sd, n) over the runs of one row's Dice at one site (structure None: the mean Dice)."""
     vals = [r[row][site]["mean_dice"] if structure is None else r[row][site]["dice"][structure]
             for r in runs if row in r and site in r[row]]
-    return _mean_sd(vals)
+    return mean_sd(vals)
 
 
 def fmt(stat: tuple, n_runs: int = 1) -> str:
@@ -82,7 +82,8 @@ def tables(runs: list[dict], model: str, n_dirs: int) -> str:
             x, y = cell(runs, NONE, "mr-site", s), cell(runs, GIN, "mr-site", s)
             change = None if x[0] is None or y[0] is None else y[0] - x[0]
             sign = "+" if change is not None and change >= 0 else ""
-            out.append(f"| {s or 'mean'} | {fmt(x, n_dirs)} | {fmt(y, n_dirs)} | {sign}{_fmt(change)} | {verdict(y, x)} |")
+            out.append(f"| {s or 'mean'} | {fmt(x, n_dirs)} | {fmt(y, n_dirs)} | {sign}{_fmt(change)} "
+                       f"| {verdict(y, x)} |")
     return "\n".join(out) + "\n"
 
 

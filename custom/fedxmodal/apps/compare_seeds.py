@@ -25,7 +25,7 @@ def seed_dir(out: Path, seed: int) -> Path:
     return out / f"seed{seed}"
 
 
-def _mean_sd(values):
+def mean_sd(values):
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return None, None, 0
@@ -53,7 +53,7 @@ def summarize_seeds(out: Path, seeds, methods, sites, modality: dict, regimes=RE
                 p = seed_dir(out, seed) / "results" / f"{cell_name(m, r)}.json"
                 if p.is_file():
                     vals.append(json.loads(p.read_text())["per_site"][s]["mean_dice"])
-            per_site[s] = _mean_sd(vals)
+            per_site[s] = mean_sd(vals)
         stats[(m, r)] = per_site
     cols = [modality[s] for s in sites]
     lines = [f"Mean 3D Dice, mean +- sd over seeds {list(seeds)} (n = seeds finished).\n",
