@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,15 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg-ct-mr"
+
+
+def load_experiment(name: str):
+    """experiments/<name>.py (a script, not a package module) imported as a module."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_site(root: Path, cases: dict[str, list[tuple[np.ndarray, np.ndarray]]], modality="CT",

@@ -5,7 +5,6 @@ the cells' Dice, the fine-tuning slices, a target with too few labels, the summa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from fedxmodal.data.slices import SiteSlices
 from fedxmodal.methods.factory.adaptation import pick_three_slices
 from fedxmodal.recipes.spec import load_spec
 
-from conftest import blob_case, write_site
+from conftest import blob_case, load_experiment, write_site
 
 REPO = Path(__file__).resolve().parents[1]
 STRUCTURES = ("liver", "spleen")
@@ -31,10 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("factory_baselines", REPO / "experiments" / "factory_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("factory_baselines")
 
 
 def _write_sites(root: Path) -> None:

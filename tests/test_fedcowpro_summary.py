@@ -4,18 +4,13 @@ deterministic floor counts with sd 0, a single seed of anything else gives no ve
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_experiment
 
 
 def _summary():
-    spec = importlib.util.spec_from_file_location("fedcowpro_summary", REPO / "experiments" / "fedcowpro_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("fedcowpro_summary")
 
 
 def _cell(method, regime, seed, same, cross, setting=1):

@@ -4,18 +4,14 @@ the federated/centralized comparison and GIN's lift on the unseen MR with the sp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_experiment
 
 
 def _summary():
-    spec = importlib.util.spec_from_file_location("summarize_fedgin", REPO / "experiments" / "summarize_fedgin.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("summarize_fedgin")
 
 
 def _site(liver):
