@@ -4,7 +4,8 @@
 # phantom and on the real CT/MR pair (+ the phantom's mr-t1-site and the late cect-site), then the
 # baselines (experiments/factory_baselines.py) at the same seeds and labelled slices: at phase 2's
 # own budget (STEPS source steps + STEPS fine-tuning steps) and with 5x the source steps, then the
-# tables (experiments/summarize_factory_phase2.py -> OUT/<data>/summary.md).
+# tables (experiments/summarize_factory_phase2.py -> OUT/<data>/summary.md) and what each branch of
+# the adapted targets scores alone (experiments/factory_branches.py -> OUT/<data>/branches.md).
 #   bash experiments/factory_phase2.sh [OUT] [PHASE1]   # runs/factory2 runs/factory; STEPS=200 SEEDS="0 1 2"
 #   STEPS=4 SEEDS=0 bash experiments/factory_phase2.sh /tmp/f2-smoke runs/factory    # smoke
 # Each adapt run starts 4 site processes at 1 thread (~9 min per seed at 200 steps on 2 cores);
@@ -44,4 +45,5 @@ for data in phantom totalseg; do
   done
   "$PY" experiments/summarize_factory_phase2.py --adapt "$OUT/$data/adapt" \
     --baselines "$OUT/$data/baselines_$STEPS" "$OUT/$data/baselines_$((5 * STEPS))" --out "$OUT/$data/summary.md"
+  "$PY" experiments/factory_branches.py --adapt "$OUT/$data/adapt" --data "$P1/$data/data" | tee "$OUT/$data/branches.md"
 done

@@ -20,7 +20,7 @@ from fedxmodal.networks.gan import FactoryGAN
 from fedxmodal.networks.gan_inversion import FeatureSegHead, InversionEncoder
 from fedxmodal.networks.stylegan import StyleGANConfig
 
-from conftest import blob_case, write_site
+from conftest import blob_case, load_experiment, write_site
 
 TINY = dict(image_size=16, z_dim=32, w_dim=32, mapping_layers=2, max_channels=32, min_channels=16,
             n_sites=2, key_dim=8, n_zbins=4, cond_dim=32)
@@ -221,6 +221,10 @@ def test_adapt_locally_then_evaluate_in_the_supervised_report_format(generator, 
     assert len(report["per_volume"]) == 2
     assert [set(v) for v in report["per_volume"]] == [set(v) for v in sup["per_volume"]]
     assert set(report["summary"]) == set(sup["summary"]) and set(report["summary"]["dice"]) == set(STRUCTURES)
+    # experiments/factory_branches.py: its "average" rule is the trainer's own prediction; each branch alone is scored too
+    rules = load_experiment("factory_branches").target_rules(out["target_checkpoint"], tgt_dir)
+    assert rules["average"] == pytest.approx(report["summary"]["mean_dice"], abs=1e-6)
+    assert all(0.0 <= rules[r] <= 1.0 for r in ("own", "source"))
     # a site with fewer than three labelled volumes cannot be a target
     with pytest.raises(ValueError, match="site 'src'"):
         adapt_locally(gan, tgt_dir, src_dir, STRUCTURES, tmp_path / "out2", sites=("src", "tgt"), source_steps=1,
