@@ -225,6 +225,10 @@ def test_adapt_locally_then_evaluate_in_the_supervised_report_format(generator, 
     rules = load_experiment("factory_branches").target_rules(out["target_checkpoint"], tgt_dir)
     assert rules["average"] == pytest.approx(report["summary"]["mean_dice"], abs=1e-6)
     assert all(0.0 <= rules[r] <= 1.0 for r in ("own", "source"))
+    # `evaluate --overlays` draws an adapted target's prediction like any trainer's
+    from fedxmodal.apps.overlay import write_case_overlays
+    pngs = write_case_overlays(tgt, site, "test", tmp_path / "overlays")
+    assert len(pngs) == 2 and all(p.stat().st_size > 0 for p in pngs)
     # a site with fewer than three labelled volumes cannot be a target
     with pytest.raises(ValueError, match="site 'src'"):
         adapt_locally(gan, tgt_dir, src_dir, STRUCTURES, tmp_path / "out2", sites=("src", "tgt"), source_steps=1,

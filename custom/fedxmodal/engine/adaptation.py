@@ -359,8 +359,9 @@ class AdaptationTrainer(BaseTrainer):
         return torch.cat([self.predict(x[i:i + batch_size], zbins[i:i + batch_size]).cpu()
                           for i in range(0, len(x), batch_size)])
 
-    def predict_volume(self, vol, preprocessor) -> np.ndarray:
-        """A prepared volume -> (X, Y, Z) uint8 class indices on its original grid (``segment``)."""
+    def predict_volume(self, vol, preprocessor, domain: int | None = None) -> np.ndarray:
+        """A prepared volume -> (X, Y, Z) uint8 class indices on its original grid (``segment``,
+        overlays). ``domain``: the trainers' common signature, unused (a target has one condition)."""
         return predict_volume(self.predict_slices, vol, preprocessor)
 
     def evaluate(self, site_slices, split: str = "test", hd95: bool = False, progress: bool = False) -> dict:
