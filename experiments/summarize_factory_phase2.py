@@ -91,7 +91,7 @@ def summarize(adapt_dir, baseline_dirs) -> tuple[str, dict]:
     """The markdown tables (one per target) and their numbers."""
     fac, fac_cfg = factory_cells(adapt_dir)
     rows = {(FACTORY, f"{'/'.join(map(str, fac_cfg['steps']))} steps per fit",
-             "Data factory phase 2 (E_s + S_s on the source, E_t + S_t per target; 0.5/0.5 inference)"): fac}
+             "Data factory, phase 2 (0.5 / 0.5 own + source branch)"): fac}
     structures: list[str] = []
     for folder in baseline_dirs:
         cells, config = baseline_cells(folder)
