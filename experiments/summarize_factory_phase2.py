@@ -27,6 +27,7 @@ from fedxmodal.apps.compare_seeds import exceeds_spread, mean_sd  # noqa: E402
 
 FACTORY = "factory"
 SECONDS = "_seconds"  # a seed's wall time, beside its targets
+BASELINE_ORDER = ("source_only", "finetune", "gin_source")  # rows per baselines folder
 
 
 def _num(v) -> float:
@@ -95,7 +96,7 @@ def summarize(adapt_dir, baseline_dirs) -> tuple[str, dict]:
     structures: list[str] = []
     for folder in baseline_dirs:
         cells, config = baseline_cells(folder)
-        rows.update(cells)
+        rows.update(sorted(cells.items(), key=lambda kv: BASELINE_ORDER.index(kv[0][0])))
         structures = structures or list(config["structures"])
     if not structures:
         structures = sorted({k for s in fac.values() for t, d in s.items() if t != SECONDS for k in d if k != "mean"})

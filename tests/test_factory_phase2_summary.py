@@ -56,6 +56,7 @@ def test_tables_and_spread_verdicts(tmp_path):
     assert t1["source_only (200 source steps)"]["mean"]["n"] == 0
     assert "beyond the seed spread" in md and "within the seed spread" in md
     assert md.index("## mr-site") < md.index("## mr-t1-site")
+    assert md.index("| source only |") < md.index("| finetune |")  # the baselines' own order, not the files
     assert "| 200 steps per fit | 501 | 0.520 +- 0.020 (n=3) |" in md  # wall time: mean of the seeds' runs
     assert "| 200 source steps | 60 | 0.120 +- 0.020 (n=3) |" in md
 
