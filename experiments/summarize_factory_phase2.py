@@ -36,12 +36,13 @@ def _num(v) -> float:
 
 def factory_cells(adapt_dir: Path) -> tuple[dict, dict]:
     """``{seed: {target: {"mean": x, <structure>: x}}}`` from ``adapt_dir/seed*/dice.json`` (failed
-    targets left out), and the run's settings (steps per fit)."""
-    cells, steps = {}, set()
+    targets left out), and the runs' steps per fit and source branch's validation Dice (mean, sd, n)."""
+    cells, steps, source_dice = {}, set(), []
     for path in sorted(Path(adapt_dir).glob("seed*/dice.json")):
         seed = int(path.parent.name[len("seed"):])
         res = json.loads(path.read_text())
         cells[seed] = {SECONDS: res.get("simulator_seconds")}
+        source_dice.append(_num(res.get("source", {}).get("metrics", {}).get("dice")))
         for target, r in res["targets"].items():
             if r.get("failed"):
                 continue
@@ -52,7 +53,7 @@ def factory_cells(adapt_dir: Path) -> tuple[dict, dict]:
     if not cells:
         raise SystemExit(f"error: {adapt_dir}: no seed*/dice.json (run `python -m fedxmodal factory adapt ... "
                          f"--seed k --out {adapt_dir}/seed<k>`)")
-    return cells, {"steps": sorted(steps)}
+    return cells, {"steps": sorted(steps), "source_validation_dice": mean_sd(source_dice)}
 
 
 def baseline_cells(folder: Path) -> tuple[dict, dict]:
@@ -102,7 +103,8 @@ def summarize(adapt_dir, baseline_dirs) -> tuple[str, dict]:
         structures = sorted({k for s in fac.values() for t, d in s.items() if t != SECONDS for k in d if k != "mean"})
     targets = sorted({t for s in fac.values() for t in s if t != SECONDS})
     cols = ["mean", *structures]
-    md, numbers = [], {}
+    md, numbers = [f"Source branch (E_s + S_s) on the source's validation split: {_cell(fac_cfg['source_validation_dice'])} "
+                   "mean Dice\n"], {"source_validation_dice": fac_cfg["source_validation_dice"]}
     for target in targets:
         md += [f"## {target}\n", "| model | budget | s per seed | " + " | ".join(cols) + " |",
                "|---|---|---|" + "---|" * len(cols)]

@@ -19,7 +19,8 @@ def _adapt(root: Path, seed: int, mr: float, t1: float | None) -> None:
                              {"failed": False, "metrics": {"dice": t1, "dice_liver": t1, "steps": 200.0}})
     path = root / f"seed{seed}" / "dice.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"targets": targets, "simulator_seconds": 500.0 + seed}))
+    path.write_text(json.dumps({"targets": targets, "simulator_seconds": 500.0 + seed,
+                                "source": {"metrics": {"dice": 0.3 + 0.1 * seed}}}))
 
 
 def _baselines(root: Path, steps: int, values: dict) -> None:
@@ -56,6 +57,7 @@ def test_tables_and_spread_verdicts(tmp_path):
     assert t1["source_only (200 source steps)"]["mean"]["n"] == 0
     assert "beyond the seed spread" in md and "within the seed spread" in md
     assert md.index("## mr-site") < md.index("## mr-t1-site")
+    assert "validation split: 0.400 +- 0.100 (n=3) mean Dice" in md  # the source branch, over the seeds
     assert md.index("| source only |") < md.index("| finetune |")  # the baselines' own order, not the files
     assert "| 200 steps per fit | 501 | 0.520 +- 0.020 (n=3) |" in md  # wall time: mean of the seeds' runs
     assert "| 200 source steps | 60 | 0.120 +- 0.020 (n=3) |" in md
