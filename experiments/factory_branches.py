@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         st = {r: mean_sd(rules[r]) for r in RULES}
         verdict = exceeds_spread(st["average"], st["own"])
         verdict = "n/a (1 seed)" if verdict is None else ("beyond the spread" if verdict else "within the spread")
-        print(f"| {target} | " + " | ".join(f"{m:.3f} +- {s:.3f} (n={n})" for m, s, n in st.values())
+        print(f"| {target} | " + " | ".join(f"{m:.3f} +- {s:.3f} (n={n})" if n > 1 else f"{m:.3f} (n=1)"
+                                            for m, s, n in st.values())
               + f" | {st['average'][0] - st['own'][0]:+.3f}, {verdict} |")
     return 0
 
