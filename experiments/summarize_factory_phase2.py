@@ -57,8 +57,8 @@ def factory_cells(adapt_dir: Path) -> tuple[dict, dict]:
 
 
 def baseline_cells(folder: Path) -> tuple[dict, dict]:
-    """``{(baseline, tag): {seed: {target: {...}}}}`` from a factory_baselines.py folder, tag = its
-    source (and fine-tuning) steps, and its config."""
+    """``{(baseline, tag, label): {seed: {target: {...}}}}`` from a factory_baselines.py folder (tag:
+    its source and, for ``finetune``, fine-tuning steps), and the folder's config."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
