@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,24 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
-from fedxmodal.apps.compare_seeds import exceeds_spread, mean_sd  # noqa: E402
+from fedxmodal.apps.compare_seeds import exceeds_spread, format_mean_sd, mean_sd  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
 from fedxmodal.engine.evaluation import evaluate_site  # noqa: E402
 from fedxmodal.methods import load_trainer  # noqa: E402
 
-RULES = ("own", "source", "average")
-
-
-def rule_predictor(trainer, rule: str, batch_size: int = 32):
-    """``predict_slices`` of an adapted target with one inference rule: (Z, 1, S, S) -> (Z, C, S, S)."""
-    def predict_slices(images: torch.Tensor) -> torch.Tensor:
-        x, zbins = trainer.method.volume_inputs(images, trainer.cfg.n_zbins)
-        out = []
-        for i in range(0, len(x), batch_size):
-            p = trainer.branch_probabilities(x[i:i + batch_size], zbins[i:i + batch_size])
-            out.append((0.5 * (p["own"] + p["source"]) if rule == "average" else p[rule]).cpu())
-        return torch.cat(out)
-    return predict_slices
+RULES = ("own", "source", "average")  # AdaptationTrainer.predict's rules, in the table's order
 
 
 def target_rules(model: Path, site_dir: Path) -> dict[str, float]:
@@ -48,8 +37,8 @@ def target_rules(model: Path, site_dir: Path) -> dict[str, float]:
     if trainer.source_branch is None:
         raise SystemExit(f"error: {model}: not an adapted target (no source branch)")
     site = SiteSlices(site_dir, trainer.structures, trainer.preprocess, progress=False)
-    return {rule: evaluate_site(rule_predictor(trainer, rule), site, trainer.structures, "test")["summary"]["mean_dice"]
-            for rule in RULES}
+    return {rule: evaluate_site(partial(trainer.predict_slices, rule=rule), site, trainer.structures,
+                                "test")["summary"]["mean_dice"] for rule in RULES}
 
 
 def main(argv=None) -> int:
@@ -73,8 +62,7 @@ def main(argv=None) -> int:
         st = {r: mean_sd(rules[r]) for r in RULES}
         verdict = exceeds_spread(st["average"], st["own"])
         verdict = "n/a (1 seed)" if verdict is None else ("beyond the spread" if verdict else "within the spread")
-        print(f"| {target} | " + " | ".join(f"{m:.3f} +- {s:.3f} (n={n})" if n > 1 else f"{m:.3f} (n=1)"
-                                            for m, s, n in st.values())
+        print(f"| {target} | " + " | ".join(format_mean_sd(v) for v in st.values())
               + f" | {st['average'][0] - st['own'][0]:+.3f}, {verdict} |")
     return 0
 

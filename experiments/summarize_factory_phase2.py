@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
-from fedxmodal.apps.compare_seeds import exceeds_spread, mean_sd  # noqa: E402
+from fedxmodal.apps.compare_seeds import exceeds_spread, format_mean_sd, mean_sd  # noqa: E402
 
 FACTORY = "factory"
 SECONDS = "_seconds"  # a seed's wall time, beside its targets
@@ -82,13 +82,6 @@ def stats(by_seed: dict, target: str, col: str) -> tuple:
     return mean_sd([by_seed[s][target].get(col, math.nan) for s in sorted(by_seed) if target in by_seed[s]])
 
 
-def _cell(st: tuple) -> str:
-    mu, sd, n = st
-    if mu is None:
-        return "n/a"
-    return f"{mu:.3f} +- {sd:.3f} (n={n})" if n > 1 else f"{mu:.3f} (n=1)"
-
-
 def summarize(adapt_dir, baseline_dirs) -> tuple[str, dict]:
     """The markdown tables (one per target) and their numbers."""
     fac, fac_cfg = factory_cells(adapt_dir)
@@ -103,8 +96,9 @@ def summarize(adapt_dir, baseline_dirs) -> tuple[str, dict]:
         structures = sorted({k for s in fac.values() for t, d in s.items() if t != SECONDS for k in d if k != "mean"})
     targets = sorted({t for s in fac.values() for t in s if t != SECONDS})
     cols = ["mean", *structures]
-    md, numbers = [f"Source branch (E_s + S_s) on the source's validation split: {_cell(fac_cfg['source_validation_dice'])} "
-                   "mean Dice\n"], {"source_validation_dice": fac_cfg["source_validation_dice"]}
+    source = fac_cfg["source_validation_dice"]
+    md = [f"Source branch (E_s + S_s) on the source's validation split: {format_mean_sd(source)} mean Dice\n"]
+    numbers = {"source_validation_dice": source}
     for target in targets:
         md += [f"## {target}\n", "| model | budget | s per seed | " + " | ".join(cols) + " |",
                "|---|---|---|" + "---|" * len(cols)]
@@ -114,7 +108,7 @@ def summarize(adapt_dir, baseline_dirs) -> tuple[str, dict]:
             numbers[target][f"{name} ({tag})"] = {c: dict(zip(("mean", "sd", "n"), v)) for c, v in st.items()}
             sec = mean_sd([_num(by_seed[k].get(SECONDS)) for k in sorted(by_seed)])[0]
             md.append(f"| {label} | {tag} | {'-' if sec is None else f'{sec:.0f}'} | "
-                      + " | ".join(_cell(st[c]) for c in cols) + " |")
+                      + " | ".join(format_mean_sd(st[c]) for c in cols) + " |")
         f = stats(fac, target, "mean")
         md.append("")
         for (name, tag, label), by_seed in rows.items():

@@ -171,6 +171,11 @@ def test_predict_averages_source_and_target_branches(generator):
     assert torch.allclose(p, 0.5 * own + 0.5 * source, atol=1e-5)
     assert (own - source).abs().max() > 1e-3  # two different branches
     assert torch.allclose(p.sum(1), torch.ones(N, 16, 16), atol=1e-5)
+    # one branch alone on request (experiments/factory_branches.py)
+    assert torch.allclose(tgt.predict(x, zb, rule="own"), own, atol=1e-5)
+    assert torch.allclose(tgt.predict(x, zb, rule="source"), source, atol=1e-5)
+    with pytest.raises(ValueError, match="'source' only at an adapted target"):
+        src.predict(x, rule="source")
     # a source trainer predicts with its own branch alone
     with torch.no_grad():
         own_src = torch.softmax(src.model.seg_head(G.synthesis(src.model.encoder(x), "const", True)[1]), 1)

@@ -33,6 +33,14 @@ def mean_sd(values):
     return float(np.mean(values)), sd, len(values)
 
 
+def format_mean_sd(stat: tuple) -> str:
+    """(mean, sd, n) -> "0.512 +- 0.034 (n=3)", "0.512 (n=1)" or "n/a" (no value)."""
+    mu, sd, n = stat
+    if mu is None:
+        return "n/a"
+    return f"{mu:.3f} +- {sd:.3f} (n={n})" if n > 1 else f"{mu:.3f} (n=1)"
+
+
 def exceeds_spread(a: tuple, b: tuple) -> bool | None:
     """(mean, sd, n) pairs -> whether the +-1 sd intervals are disjoint (None: not enough seeds)."""
     if a[0] is None or b[0] is None or a[2] < 2 or b[2] < 2:

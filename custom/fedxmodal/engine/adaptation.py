@@ -62,6 +62,7 @@ from .gan import load_factory_generator
 CHECKPOINT_FORMAT = "fedxmodal-adaptation/1"
 WIDTH_KEYS = ("encoder_width", "head_width")
 BATCH_KEYS = ("images", "site", "key", "zbin")
+BRANCH_RULES = ("average", "own", "source")  # inference at a target: the method's 0.5 / 0.5, or one branch
 
 
 @dataclass
@@ -346,17 +347,22 @@ class AdaptationTrainer(BaseTrainer):
                 out["source"] = torch.softmax(self.branch_logits(self.source_branch, x_src)[1].float(), 1)
         return out
 
-    def predict(self, images: torch.Tensor, zbins: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, zbins: torch.Tensor | None = None, rule: str = "average") -> torch.Tensor:
         """Images (B, 1, S, S) in [-1, 1] (and their position bins (B,)) -> (B, C, S, S) class
-        probabilities: the own branch, or 0.5 / 0.5 own and source branch at an adapted target."""
+        probabilities: the own branch, or 0.5 / 0.5 own and source branch at an adapted target.
+        ``rule`` "own" / "source" takes one branch alone (to see what each contributes)."""
         p = self.branch_probabilities(images, zbins)
-        return 0.5 * (p["own"] + p["source"]) if "source" in p else p["own"]
+        if rule == "average":
+            return 0.5 * (p["own"] + p["source"]) if "source" in p else p["own"]
+        if rule not in p:
+            raise ValueError(f"rule {rule!r}: one of {BRANCH_RULES} ('source' only at an adapted target)")
+        return p[rule]
 
-    def predict_slices(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    def predict_slices(self, images: torch.Tensor, batch_size: int = 32, rule: str = "average") -> torch.Tensor:
         """A preprocessed volume's slices (Z, 1, S, S) -> (Z, C, S, S) probabilities on the CPU
-        (the method maps them to G's range and gives their position bins)."""
+        (the method maps them to G's range and gives their position bins); ``rule`` as in :meth:`predict`."""
         x, zbins = self.method.volume_inputs(images, self.cfg.n_zbins)
-        return torch.cat([self.predict(x[i:i + batch_size], zbins[i:i + batch_size]).cpu()
+        return torch.cat([self.predict(x[i:i + batch_size], zbins[i:i + batch_size], rule).cpu()
                           for i in range(0, len(x), batch_size)])
 
     def predict_volume(self, vol, preprocessor, domain: int | None = None) -> np.ndarray:
