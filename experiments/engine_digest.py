@@ -120,7 +120,7 @@ def run_gan(name: str, cls, regime: str) -> tuple[str, float]:
     g = torch.Generator().manual_seed(1)
     sites = 2 if regime == "centralized" else 1
     out = trainer.fit(lambda: _gan_batch(trainer.cfg, 4, g, sites), steps=3)
-    return digest(trainer.model.state_dict()), out["loss_g"]
+    return digest(trainer.model.state_dict()), out.get("means", out)["loss_g"]
 
 
 def run_adaptation(name: str, cls, regime: str) -> tuple[str, float]:

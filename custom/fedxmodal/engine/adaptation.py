@@ -42,7 +42,6 @@ G's range and the slices' position bins).
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,7 +49,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
-from tqdm.auto import tqdm
 
 from ..data.preprocess import PreprocessConfig
 from ..losses.segmentation import build_segmentation_loss
@@ -143,6 +141,7 @@ class AdaptationTrainer(BaseTrainer):
             self.load_generator(generator.state_dict())
         self.source_branch = None  # a frozen InversionSegNet of the source site (at a target)
         self.conditions, self._shift = {}, None  # target_site, target_key, source_site (fit_target)
+        self._phase_step = self.source_step  # the step fit() runs: set by fit_source / fit_target
         self.seg_loss = build_segmentation_loss()
         # MONAI's SSIM on [0, 1]; the 11-px window of SSIM is too wide for test-sized slices
         self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0, win_size=11 if self.cfg.image_size >= 32 else 5)
@@ -224,31 +223,12 @@ class AdaptationTrainer(BaseTrainer):
             raise ValueError(f"images must be (B, {c}, {s}, {s}), got {tuple(out['images'].shape)}")
         return {k: v.float() if k in ("images", "key") else v.long() for k, v in out.items()}
 
-    def _run(self, step: Callable[[dict], dict], next_batch, steps, should_stop, progress, desc) -> dict:
-        """``steps`` optimizer steps of ``step(batch) -> {term: tensor}`` (the total under "loss")."""
-        steps = int(self.train_config.steps if steps is None else steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.model.train()
-        logs: dict[str, list] = {}
-        seen, done, aborted, t0 = 0, 0, False, time.perf_counter()
-        for _ in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
-            if should_stop is not None and should_stop():
-                aborted = True
-                break
-            batch = next_batch()
-            with self.autocast():
-                terms = step(batch)
-            self.optimizer_step(terms["loss"], "model")
-            scalars = {k: float(v.detach()) for k, v in terms.items()}
-            for k, v in scalars.items():
-                logs.setdefault(k, []).append(v)
-            seen, done = seen + int(batch["images"].shape[0]), done + 1
-            self.global_step += 1
-            self.log_step(scalars)
-        self.epochs_done += 1
-        return {**{k: float(np.mean(v)) for k, v in logs.items()}, "steps": done, "n_slices": seen,
-                "seconds": time.perf_counter() - t0, "aborted": aborted}
+    def iteration(self, batch: dict, index: int, n_batches: int) -> tuple[dict, int]:
+        """One step of the phase being fitted (:meth:`source_step` or :meth:`target_step`)."""
+        with self.autocast():
+            terms = self._phase_step(batch)
+        self.optimizer_step(terms["loss"], "model")
+        return {k: float(v.detach()) for k, v in terms.items()}, int(batch["images"].shape[0])
 
     # ---- training -----------------------------------------------------------------------------
     def source_step(self, batch: dict) -> dict:
@@ -262,9 +242,10 @@ class AdaptationTrainer(BaseTrainer):
 
     def fit_source(self, next_batch: Callable[[], dict], steps: int | None = None, should_stop=None,
                    progress: bool = False) -> dict:
-        """Train E and S on labelled source slices (module doc). Returns the means of ``loss``,
-        ``mse``, ``ssim``, ``seg`` and ``steps``, ``n_slices``, ``seconds``, ``aborted``."""
-        return self._run(self.source_step, next_batch, steps, should_stop, progress, "adapt: source")
+        """Train E and S on labelled source slices (module doc). Returns the loop's summary
+        (:meth:`BaseTrainer.fit`): ``means`` of ``loss``, ``mse``, ``ssim``, ``seg``."""
+        self._phase_step = self.source_step
+        return self.fit(next_batch, steps=steps, should_stop=should_stop, progress=progress, desc="adapt: source")
 
     def target_step(self, batch: dict, labelled: dict | None) -> dict:
         b, tc = self._batch(batch, labels=False), self.train_config
@@ -312,8 +293,8 @@ class AdaptationTrainer(BaseTrainer):
             labelled: the few labelled target slices {"images" (n, 1, S, S), "labels" (n, S, S), ...}
                 used whole at every step; None: no term (d).
         Returns:
-            means of ``loss``, ``mse``, ``ssim``, ``cycle``, ``pseudo`` (with a source branch),
-            ``few_shot`` (with ``labelled``); ``steps``, ``n_slices``, ``seconds``, ``aborted``.
+            the loop's summary: ``means`` of ``loss``, ``mse``, ``ssim``, ``cycle``, ``pseudo`` (with
+            a source branch), ``few_shot`` (with ``labelled``).
         """
         raw = [next_batch()]  # the first batch fixes the target's condition, then is trained on
         first = self._batch(raw[0], labels=False)
@@ -327,8 +308,9 @@ class AdaptationTrainer(BaseTrainer):
                 or not torch.equal(old["target_key"], cond["target_key"]):
             self.conditions, self._shift = cond, None  # the swap's shift is recomputed
         shots = None if labelled is None else self._batch(labelled, labels=True)
-        return self._run(lambda b: self.target_step(b, shots), lambda: raw.pop() if raw else next_batch(), steps,
-                         should_stop, progress, "adapt: target")
+        self._phase_step = lambda b: self.target_step(b, shots)
+        return self.fit(lambda: raw.pop() if raw else next_batch(), steps=steps, should_stop=should_stop,
+                        progress=progress, desc="adapt: target")
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -30,18 +30,15 @@ The method object carries an :class:`AdversarialConfig` as ``method.adversarial`
 from __future__ import annotations
 
 import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..networks.discriminator import FeatureDiscriminator
 from ..networks.unet import build_unet, encoder_features, encoder_taps
-from .base import SettingsDict, epoch_batches
+from .base import SettingsDict
 from .supervised import SupervisedTrainer
 
 RAMPS = ("sigmoid", "constant")
@@ -186,46 +183,18 @@ class AdversarialTrainer(SupervisedTrainer):
         self.optimizer_step(d_loss, "discriminator")
         return {**out, "loss_disc": float(d_loss.detach()), "disc_acc": correct / max(total, 1)}
 
-    def fit(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, desc: str = "train",
-            progress: bool = True, should_stop=None, domains: torch.Tensor | None = None) -> dict:
-        """As :meth:`SupervisedTrainer.fit`; the summary adds ``means``: the mean of every step
-        log (``loss_seg``, ``loss_adv``, ``loss_disc``, ``disc_acc``, ``adv_weight``)."""
-        if images.shape[0] == 0:
-            raise ValueError("no training slices")
-        if not torch.isfinite(images).all():
-            raise ValueError("training images contain NaN/inf")
-        self.model.train()
+    def start_fit(self) -> None:
+        super().start_fit()
         self.discriminator.train()
-        n = images.shape[0]
-        losses, sums, counts, t0, steps = [], defaultdict(float), defaultdict(int), time.perf_counter(), 0
 
-        def summary(aborted=False):
-            out = self.fit_summary(losses, n, steps, t0, aborted=aborted)
-            out["means"] = {k: sums[k] / counts[k] for k in sums}
-            return out
-
-        for _ in range(epochs):
-            batches = epoch_batches(n, self.train_config.batch_size)
-            for b, idx in enumerate(tqdm(batches, desc=f"{desc} epoch {self.epochs_done + 1}", leave=False,
-                                         disable=not progress)):
-                if should_stop is not None and should_stop():
-                    return summary(aborted=True)
-                self.schedule_lr(b, len(batches))  # the segmentation optimizer's (TrainConfig.lr_schedule)
-                x = images[idx].to(self.device, non_blocking=True)
-                y = labels[idx].to(self.device, non_blocking=True).long()
-                d = None if domains is None else domains[idx].to(self.device)
-                if self.spatial is not None:
-                    x, y = self.spatial(x, y)
-                logs = self.train_step(x, y, d, self.adversarial.weight_at(self.progress(b, len(batches))))
-                losses.append(logs["loss_seg"] + logs["adv_weight"] * logs["loss_adv"])
-                for k, v in logs.items():
-                    sums[k] += float(v)
-                    counts[k] += 1
-                steps += 1
-                self.global_step += 1
-                self.log_step({"loss": losses[-1], **logs})
-            self.epochs_done += 1
-        return summary()
+    def iteration(self, batch: dict, index: int, n_batches: int) -> tuple[dict, int]:
+        """As :meth:`SupervisedTrainer.iteration`, with the alternating steps of :meth:`train_step`;
+        the scalars add ``loss_seg``, ``loss_adv``, ``adv_weight`` (and ``loss_disc``,
+        ``disc_acc`` when the adversarial term is active)."""
+        self.schedule_lr(index, n_batches)  # the segmentation optimizer's (TrainConfig.lr_schedule)
+        x, y, d = self.batch_to_device(batch)
+        logs = self.train_step(x, y, d, self.adversarial.weight_at(self.progress(index, n_batches)))
+        return {"loss": logs["loss_seg"] + logs["adv_weight"] * logs["loss_adv"], **logs}, x.shape[0]
 
     # ---- checkpoints ------------------------------------------------------------------------
     def checkpoint(self, **meta) -> dict:

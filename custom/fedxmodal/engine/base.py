@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 class SettingsDict:
@@ -86,6 +87,83 @@ def epoch_batches(n: int, batch_size: int) -> list[torch.Tensor]:
             if len(order[i:i + batch_size]) > 1 or n == 1]
 
 
+@dataclass
+class SliceData:
+    """Labelled slices held in memory, trained on in epochs of shuffled batches.
+
+    Shapes: images (N, 1, S, S) float, labels (N, S, S) class indices, domains (N,) long (the
+    index of the site each slice comes from) or None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    domains: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.images.shape[0] == 0:
+            raise ValueError("no training slices")
+        if not torch.isfinite(self.images).all():
+            raise ValueError("training images contain NaN/inf")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        """``{"images", "labels", "domains"}`` of the slices ``idx``."""
+        return {"images": self.images[idx], "labels": self.labels[idx],
+                "domains": None if self.domains is None else self.domains[idx]}
+
+    def epoch(self, batch_size: int) -> "EpochBatches":
+        """One epoch's batches in a fresh random order (drawn now, indexed as the loop asks)."""
+        return EpochBatches(self, epoch_batches(len(self), batch_size))
+
+
+class EpochBatches:
+    """The batches of one epoch of a :class:`SliceData`, each indexed when the loop reaches it."""
+
+    def __init__(self, data: SliceData, order: list[torch.Tensor]):
+        self.data, self.order = data, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for idx in self.order:
+            yield self.data.batch(idx)
+
+
+class FitStats:
+    """Per-step scalars of one ``fit`` -> the one summary every trainer returns."""
+
+    def __init__(self, keep_history: bool = False):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.history: list[dict] | None = [] if keep_history else None
+        self.steps = self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, scalars: dict, samples: int) -> None:
+        for k, v in scalars.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+        if self.history is not None:
+            self.history.append(dict(scalars))
+        self.steps += 1
+        self.samples += int(samples)
+
+    def summary(self, aborted: bool = False) -> dict:
+        """``loss`` (mean of the step losses), ``means`` / ``counts`` of every logged term (over
+        the steps that logged it), ``steps``, ``samples`` (slices or episodes seen), ``seconds``,
+        ``aborted`` (and ``history``, every step's scalars, when kept)."""
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        out = {"loss": means.get("loss", math.nan), "means": means, "counts": dict(self.counts),
+               "steps": self.steps, "samples": self.samples, "seconds": time.perf_counter() - self.t0,
+               "aborted": aborted}
+        if self.history is not None:
+            out["history"] = self.history
+        return out
+
+
 def read_checkpoint(path, expected_format) -> dict:
     """Load a checkpoint dict written by a trainer's ``save`` (``expected_format``: one format or
     several); the error names the file and, for an NVFlare global model, says what to pass instead."""
@@ -99,6 +177,20 @@ def read_checkpoint(path, expected_format) -> dict:
                 if isinstance(ckpt, dict) and "model" in ckpt else "")
         raise ValueError(f"{path}: not a fedxmodal checkpoint (expected format {' or '.join(formats)}){hint}")
     return ckpt
+
+
+class StepBatches:
+    """``steps`` batches drawn from ``next_batch()`` one at a time, as the loop asks for them."""
+
+    def __init__(self, next_batch: Callable[[], dict], steps: int):
+        self.next_batch, self.steps = next_batch, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield self.next_batch()
 
 
 class BaseTrainer:
@@ -170,11 +262,57 @@ class BaseTrainer:
             for k, v in scalars.items():
                 self.writer.add_scalar(f"step/{k}", v, self.global_step)
 
-    @staticmethod
-    def fit_summary(losses, n, steps, t0, aborted=False) -> dict:
-        secs = time.perf_counter() - t0
-        return {"loss": float(np.mean(losses)) if losses else math.nan, "n_slices": n, "steps": steps,
-                "seconds": secs, "aborted": aborted}
+    # ---- the one training loop -----------------------------------------------------------
+    def fit(self, data: SliceData | Callable[[], dict], *, epochs: int | None = None, steps: int | None = None,
+            should_stop: Callable[[], bool] | None = None, progress: bool = False, desc: str = "train",
+            keep_history: bool = False) -> dict:
+        """Train on ``data``: a :class:`SliceData` for ``epochs`` passes of shuffled batches
+        (default 1), or a callable returning the next batch for ``steps`` steps (default the
+        config's ``steps``). Each batch goes to :meth:`iteration` (the training style's step);
+        ``should_stop()`` is polled before every step (NVFlare abort). Returns
+        :meth:`FitStats.summary`."""
+        passes = self._passes(data, epochs, steps)
+        self.start_fit()
+        stats = FitStats(keep_history)
+        for batches in passes:
+            batches = batches()
+            for b, batch in enumerate(tqdm(batches, desc=f"{desc} epoch {self.epochs_done + 1}", leave=False,
+                                           disable=not progress)):
+                if should_stop is not None and should_stop():
+                    return stats.summary(aborted=True)
+                scalars, samples = self.iteration(batch, b, len(batches))
+                stats.add(scalars, samples)
+                self.global_step += 1
+                self.log_step(scalars)
+            self.epochs_done += 1
+        return stats.summary()
+
+    def _passes(self, data, epochs, steps) -> list:
+        """Lazily built passes over ``data``: each a callable returning a list (epoch) or a lazy
+        sequence (steps) of batches."""
+        if isinstance(data, SliceData):
+            if steps is not None:
+                raise ValueError("slices in memory train in epochs: pass epochs, not steps")
+            epochs = 1 if epochs is None else int(epochs)
+            batch_size = self.train_config.batch_size
+            return [lambda: data.epoch(batch_size)] * epochs
+        if not callable(data):
+            raise TypeError(f"fit takes SliceData or a callable returning batches, got {type(data).__name__}")
+        if epochs is not None:
+            raise ValueError("a stream of batches trains in steps: pass steps, not epochs")
+        steps = int(self.train_config.steps if steps is None else steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return [lambda: StepBatches(data, steps)]
+
+    def start_fit(self) -> None:
+        """Before a fit's first step: train mode (and a style's own checks)."""
+        self.model.train()
+
+    def iteration(self, batch, index: int, n_batches: int) -> tuple[dict, int]:
+        """One training step on ``batch`` (``index`` of ``n_batches`` in this pass): returns the
+        step's scalars (``loss`` among them) and the number of samples it trained on."""
+        raise NotImplementedError
 
     # ---- weights the federation exchanges -------------------------------------------------
     def get_weights(self) -> dict[str, torch.Tensor]:

@@ -19,13 +19,10 @@ Supports are chosen here, generically, from a site's labelled volumes (:func:`pi
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.preprocess import PreprocessConfig
 from .base import BaseTrainer, SettingsDict
@@ -135,35 +132,18 @@ class EpisodicTrainer(BaseTrainer):
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def fit(self, next_batch: Callable[[], dict], steps: int | None = None, desc: str = "episodes",
-            progress: bool = False, should_stop=None, keep_history: bool = False) -> dict:
-        """``steps`` (default ``train.steps``) optimisation steps, each on ``next_batch()`` (a batch
-        of episodes); returns mean loss, episodes seen, steps, wall time (and per-step terms with
-        ``keep_history``). ``should_stop()`` is polled per step (NVFlare abort)."""
-        steps = int(self.train_config.steps if steps is None else steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+    def start_fit(self) -> None:
         if "model" not in self.optimizers:
             raise ValueError("this network has no trainable parameters")
-        self.model.train()
-        losses, history, seen, t0 = [], [], 0, time.perf_counter()
-        for step in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
-            if should_stop is not None and should_stop():
-                return {**self.fit_summary(losses, seen, step, t0, aborted=True), "history": history}
-            batch = self._to_device(next_batch())
-            with self.autocast():
-                out = self.method.episode_loss(self.model, batch)
-            self.optimizer_step(out["loss"].float(), "model")
-            terms = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
-            losses.append(terms["loss"])
-            if keep_history:
-                history.append(terms)
-            seen += int(batch["query_image"].shape[0])
-            self.global_step += 1
-            self.log_step(terms)
-        self.epochs_done += 1
-        summary = self.fit_summary(losses, seen, steps, t0)
-        return {**summary, "history": history} if keep_history else summary
+        super().start_fit()
+
+    def iteration(self, batch: dict, index: int, n_batches: int) -> tuple[dict, int]:
+        """One step on a batch of episodes (the method's sampler): the method's episode loss terms."""
+        batch = self._to_device(batch)
+        with self.autocast():
+            out = self.method.episode_loss(self.model, batch)
+        self.optimizer_step(out["loss"].float(), "model")
+        return {k: float(v.detach()) for k, v in out.items() if k != "logits"}, int(batch["query_image"].shape[0])
 
     @torch.no_grad()
     def episode_metrics(self, batches: list) -> dict:

@@ -29,13 +29,10 @@ its equalized-lr layers, so one lr serves all of G.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.preprocess import PreprocessConfig
 from ..losses.gan import PathLengthRegularizer, d_logistic, g_nonsaturating, r1_penalty
@@ -236,40 +233,11 @@ class GanTrainer(BaseTrainer):
         self.discriminator.requires_grad_(True)
         return out
 
-    def fit(self, next_batch: Callable[[], dict], steps: int | None = None, should_stop=None,
-            progress: bool = False, desc: str = "gan") -> dict:
-        """``steps`` (default ``train.steps``) G+D steps, each on ``next_batch()`` (module doc).
-        ``should_stop()`` is polled per step (NVFlare abort).
-
-        Returns:
-            means over the fit: ``loss_g``, ``loss_d``, ``d_real_acc``, ``r1`` and ``pl`` (over the
-            steps that computed them, 0.0 if none did; ``r1_steps`` / ``pl_steps`` count them),
-            and ``steps``, ``n_slices``, ``seconds``, ``aborted``.
-        """
-        steps = int(self.train_config.steps if steps is None else steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.model.train()
-        logs: dict[str, list] = {k: [] for k in ("loss_g", "loss_d", "d_real_acc", "r1", "pl")}
-        seen, done, aborted, t0 = 0, 0, False, time.perf_counter()
-        for _ in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
-            if should_stop is not None and should_stop():
-                aborted = True
-                break
-            batch = next_batch()
-            out = self.train_step(batch)
-            for k, v in out.items():
-                logs[k].append(v)
-            seen += int(batch["images"].shape[0])
-            done += 1
-            self.global_step += 1
-            self.log_step(out)
-        self.epochs_done += 1
-        mean = lambda v, empty: float(np.mean(v)) if v else empty  # noqa: E731
-        return {"loss_g": mean(logs["loss_g"], math.nan), "loss_d": mean(logs["loss_d"], math.nan),
-                "d_real_acc": mean(logs["d_real_acc"], math.nan), "r1": mean(logs["r1"], 0.0),
-                "pl": mean(logs["pl"], 0.0), "r1_steps": len(logs["r1"]), "pl_steps": len(logs["pl"]),
-                "steps": done, "n_slices": seen, "seconds": time.perf_counter() - t0, "aborted": aborted}
+    def iteration(self, batch: dict, index: int, n_batches: int) -> tuple[dict, int]:
+        """:meth:`train_step` as a step of the base trainer's loop; ``fit(next_batch, steps=...)``
+        summarises ``loss_g``, ``loss_d``, ``d_real_acc`` and, over the steps that computed them,
+        ``r1`` and ``pl`` (``counts``)."""
+        return self.train_step(batch), int(batch["images"].shape[0])
 
     # ---- sampling -------------------------------------------------------------------------------
     def sample(self, site, key, zbin, n: int = 16, seed: int = 0, truncation: float = 1.0, key_keep=True,

@@ -6,19 +6,17 @@ federated) of the augmentation and normalization methods trains and evaluates th
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.preprocess import PreparedVolume, PreprocessConfig, VolumePreprocessor
 from ..losses.segmentation import build_segmentation_loss
 from ..networks.unet import UNetConfig, build_unet, config_from_job_model
 from ..transforms.spatial import RandomAffine2D
-from .base import BaseTrainer, SettingsDict, epoch_batches
+from .base import BaseTrainer, SettingsDict
 from .evaluation import evaluate_site, predict_volume
 
 CHECKPOINT_FORMAT = "fedxmodal-unet2d/1"
@@ -93,40 +91,25 @@ class SupervisedTrainer(BaseTrainer):
     def n_classes(self) -> int:
         return len(self.structures) + 1
 
-    # ---- training -------------------------------------------------------------------------
-    def fit(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, desc: str = "train",
-            progress: bool = True, should_stop=None, domains: torch.Tensor | None = None) -> dict:
-        """Train ``epochs`` passes over (N,1,S,S) images / (N,S,S) labels (and (N,) domain index
-        per slice, for the methods that use it); returns mean loss, slices seen, steps and wall
-        time. ``should_stop()`` is polled per step (NVFlare abort)."""
-        if images.shape[0] == 0:
-            raise ValueError("no training slices")
-        if not torch.isfinite(images).all():
-            raise ValueError("training images contain NaN/inf")
-        self.model.train()
-        n = images.shape[0]
-        losses, t0, steps = [], time.perf_counter(), 0
-        for _ in range(epochs):
-            batches = epoch_batches(n, self.train_config.batch_size)
-            for b, idx in enumerate(tqdm(batches, desc=f"{desc} epoch {self.epochs_done + 1}", leave=False,
-                                         disable=not progress)):
-                if should_stop is not None and should_stop():
-                    return self.fit_summary(losses, n, steps, t0, aborted=True)
-                self.schedule_lr(b, len(batches))
-                x = images[idx].to(self.device, non_blocking=True)
-                y = labels[idx].to(self.device, non_blocking=True).long()
-                d = None if domains is None else domains[idx].to(self.device)
-                if self.spatial is not None:
-                    x, y = self.spatial(x, y)
-                with self.autocast():
-                    loss, logs = self.method.training_loss(self.model, x, y, self.seg_loss, domains=d)
-                self.optimizer_step(loss, "model")
-                losses.append(float(loss.detach()))
-                steps += 1
-                self.global_step += 1
-                self.log_step({"loss": losses[-1], **logs})
-            self.epochs_done += 1
-        return self.fit_summary(losses, n, steps, t0)
+    # ---- training: one step of the base trainer's loop ------------------------------------
+    def iteration(self, batch: dict, index: int, n_batches: int) -> tuple[dict, int]:
+        """One step on a :class:`~fedxmodal.engine.base.SliceData` batch: images (B, 1, S, S),
+        labels (B, S, S), domains (B,) or None; spatial augmentation, then the method's loss."""
+        self.schedule_lr(index, n_batches)
+        x, y, d = self.batch_to_device(batch)
+        with self.autocast():
+            loss, logs = self.method.training_loss(self.model, x, y, self.seg_loss, domains=d)
+        self.optimizer_step(loss, "model")
+        return {"loss": float(loss.detach()), **logs}, x.shape[0]
+
+    def batch_to_device(self, batch: dict) -> tuple:
+        """(images, labels as long, domains or None) on the device, spatially augmented."""
+        x = batch["images"].to(self.device, non_blocking=True)
+        y = batch["labels"].to(self.device, non_blocking=True).long()
+        d = None if batch.get("domains") is None else batch["domains"].to(self.device)
+        if self.spatial is not None:
+            x, y = self.spatial(x, y)
+        return x, y, d
 
     def schedule_lr(self, batch: int, n_batches: int) -> None:
         """Set the model optimizer's lr for ``batch`` of the current epoch (``TrainConfig.lr_at``)."""
