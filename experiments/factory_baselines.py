@@ -70,17 +70,22 @@ def fit_steps(trainer, images: torch.Tensor, labels: torch.Tensor, steps: int, s
     if n == 0:
         raise ValueError(f"{desc}: no slices to train on")
     bs, gen = min(trainer.train_config.batch_size, n), torch.Generator().manual_seed(seed)
-    pool, losses, t0 = torch.empty(0, dtype=torch.long), [], time.perf_counter()
-    for step in range(1, steps + 1):
-        if len(pool) < bs:
-            pool = torch.cat([pool, torch.randperm(n, generator=gen)])
-        idx, pool = pool[:bs], pool[bs:]
-        # one fit() "epoch" per step: the trainer's epochs_done counts steps (no lr schedule is used here)
-        losses.append(trainer.fit(images[idx], labels[idx], epochs=1, progress=False)["loss"])
-        if desc and (step % max(1, steps // 5) == 0 or step == steps):
-            print(f"   {desc}: step {step}/{steps} loss {losses[-1]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"loss": float(sum(losses) / max(len(losses), 1)), "last_loss": losses[-1] if losses else math.nan,
-            "steps": steps, "n_slices": n, "seconds": time.perf_counter() - t0}
+    state, t0 = {"pool": torch.empty(0, dtype=torch.long), "step": 0}, time.perf_counter()
+
+    def next_batch() -> dict:
+        if len(state["pool"]) < bs:
+            state["pool"] = torch.cat([state["pool"], torch.randperm(n, generator=gen)])
+        idx, state["pool"] = state["pool"][:bs], state["pool"][bs:]
+        idx = idx[torch.randperm(len(idx))]  # the order the earlier one-batch epochs drew: same numbers as before
+        state["step"] += 1
+        if desc and (state["step"] % max(1, steps // 5) == 0 or state["step"] == steps):
+            print(f"   {desc}: step {state['step']}/{steps} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return {"images": images[idx], "labels": labels[idx], "domains": None}
+
+    fit = trainer.fit(next_batch, steps=steps, keep_history=True)
+    losses = [h["loss"] for h in fit["history"]]
+    return {"loss": fit["loss"], "last_loss": losses[-1] if losses else math.nan, "steps": fit["steps"],
+            "n_slices": n, "seconds": time.perf_counter() - t0}
 
 
 def finetune_on_slices(source_model, images: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, seed: int,

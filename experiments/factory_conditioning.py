@@ -51,7 +51,7 @@ def main() -> None:
     metrics = {s: quality_metrics(trainer, splits[s]["training"], splits[s]["validation"], len(args.sites), n=64)
                for s in args.sites}
     summary = {"steps": args.steps, "mapping_lr_mult": args.mapping_lr_mult, "seconds": time.perf_counter() - t0,
-               "fit": {k: v for k, v in res.items() if isinstance(v, float)}, "quality": metrics}
+               "fit": {**res["means"], "steps": res["steps"], "seconds": res["seconds"]}, "quality": metrics}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     z = torch.linspace(0, 15, 8).round().long()

@@ -108,7 +108,7 @@ class Experiment:
         name = f"fcp_{method}_s{setting}_seed{seed}"
         spec.update(name=name, num_rounds=self.budget["rounds"], min_clients=len(self.sites))
         spec["model"]["args"]["init_seed"] = seed
-        spec["client_script"] = str(REPO / "custom" / "fedxmodal" / method_class(method).site_script)
+        spec["client_script"] = str(REPO / "custom" / "fedxmodal" / "fl" / "site.py")
         ca = spec["client_args"]
         ca.update(method=method, seed=seed, local_steps=self.budget["local_steps"], structures=list(self.structures))
         ca["train"] = {**ca["train"], "batch_size": self.budget["batch_size"], "val_episodes": self.budget["val_episodes"],

@@ -183,7 +183,7 @@ def test_a_job_ships_only_the_runtime(tmp_path):
 
     job = export_job(tmp_path, load_spec(REPO / "jobs" / "specs" / "fedgin.json"))
     shipped = job / "app" / "custom" / "fedxmodal"
-    assert (shipped / "fl" / "segmentation_site.py").is_file() and (shipped / "methods" / "feddg" / "site.py").is_file()
+    assert (shipped / "fl" / "site.py").is_file() and (shipped / "methods" / "feddg" / "site.py").is_file()
     present = {p.name for p in shipped.iterdir()}
     assert not {"apps", "recipes", "deploy", "cli.py", "__main__.py"} & present, present
     # and nothing shipped imports them (it would fail at a site)

@@ -19,6 +19,7 @@ from conftest import blob_case, write_site
 from dicom_series import ras_frames, ras_volume_as_series, write_series
 from pydicom.sr.codedict import codes
 
+from fedxmodal.engine.base import SliceData
 from fedxmodal import __version__
 from fedxmodal.cli import main
 from fedxmodal.data.preprocess import PreprocessConfig
@@ -43,7 +44,7 @@ def trained_model(tmp_path_factory) -> Path:
     engine = build_trainer(STRUCTURES, network=TINY_NET, preprocess=SMALL,
                            train=TrainConfig(method="none", batch_size=4, lr=3e-3, seed=0, spatial_augment=False,
                                              amp=False))  # float32: thresholds must not depend on the CPU
-    engine.fit(images, labels, epochs=10, progress=False)
+    engine.fit(SliceData(images, labels), epochs=10)
     return engine.save(root / "model.pt")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedxmodal.engine.base import SliceData
 from fedxmodal.cli import main
 from fedxmodal.data.preprocess import PreprocessConfig
 from fedxmodal.data.slices import SiteSlices
@@ -39,9 +40,9 @@ def test_engine_learns_and_dice_rises(good_site):
     images, labels = site.slices("training", foreground_only=False)
     engine = _engine()
     before = engine.evaluate(site, "test")["summary"]["mean_dice"]
-    first = engine.fit(images, labels, epochs=1, progress=False)["loss"]
+    first = engine.fit(SliceData(images, labels), epochs=1)["loss"]
     for _ in range(29):
-        last = engine.fit(images, labels, epochs=1, progress=False)["loss"]
+        last = engine.fit(SliceData(images, labels), epochs=1)["loss"]
     after = engine.evaluate(site, "test")["summary"]
     assert last < first
     assert after["mean_dice"] > 0.6 and after["mean_dice"] > before + 0.3, (before, after)
@@ -53,7 +54,7 @@ def test_methods_train_through_the_same_engine(good_site, method):
     images, labels = site.slices("training")
     engine = _engine(method)
     w0 = {k: v.clone() for k, v in engine.get_weights().items()}
-    out = engine.fit(images, labels, epochs=1, progress=False)
+    out = engine.fit(SliceData(images, labels), epochs=1)
     assert np.isfinite(out["loss"]) and out["steps"] >= 1
     assert any(not torch.equal(w0[k], v) for k, v in engine.get_weights().items())
 
@@ -64,11 +65,11 @@ def test_seed_fixes_a_run(good_site):
     runs = []
     for _ in range(2):
         e = _engine("gin", seed=3)
-        e.fit(images, labels, epochs=1, progress=False)
+        e.fit(SliceData(images, labels), epochs=1)
         runs.append(e.get_weights())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     e = _engine("gin", seed=4)
-    e.fit(images, labels, epochs=1, progress=False)
+    e.fit(SliceData(images, labels), epochs=1)
     assert any(not torch.equal(runs[0][k], v) for k, v in e.get_weights().items())
 
 
@@ -88,7 +89,7 @@ def test_nan_training_input_is_refused():
     x = torch.zeros(4, 1, 32, 32)
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        e.fit(x, torch.zeros(4, 32, 32, dtype=torch.uint8), progress=False)
+        e.fit(SliceData(x, torch.zeros(4, 32, 32, dtype=torch.uint8)))
 
 
 def test_centralized_regime_cli_writes_results(good_site, tmp_path, capsys):
@@ -128,7 +129,7 @@ def test_segment_writes_mask_aligned_with_reoriented_input(tmp_path, codes):
     images, labels = ss.slices("training", foreground_only=False)
     engine = _engine()
     for _ in range(30):
-        engine.fit(images, labels, epochs=1, progress=False)
+        engine.fit(SliceData(images, labels), epochs=1)
     ckpt = engine.save(tmp_path / "m.pt")
     img, lab = blob_case(9)
     affine = np.diag([2.0, 2.0, 4.0, 1.0])
@@ -189,7 +190,7 @@ def test_precision_choice(monkeypatch, bf16_cpu, amp, expected):
     x = torch.randn(8, 1, 32, 32)
     y = (x[:, 0] > 0.5).to(torch.uint8)
     w0 = trainer.get_weights()
-    out = trainer.fit(x, y, epochs=1, progress=False)
+    out = trainer.fit(SliceData(x, y), epochs=1)
     assert np.isfinite(out["loss"])
     assert conv_dtypes == {expected or torch.float32}
     assert aug_dtypes == {torch.float32}
@@ -230,16 +231,16 @@ def test_cosine_lr_schedule_follows_the_planned_run():
     trainer = build_trainer(structures, net, TrainConfig(batch_size=4, lr=1e-3, lr_schedule="cosine", method="none",
                                                          spatial_augment=False, amp=False), device="cpu")
     trainer.plan(4, epochs_done=2)  # round 2 of 4 (one local epoch each): half-way
-    trainer.fit(x, y, epochs=1, progress=False)  # last batch at progress 2.5 / 4
+    trainer.fit(SliceData(x, y), epochs=1)  # last batch at progress 2.5 / 4
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.625)))
     unplanned = build_trainer(structures, net, TrainConfig(batch_size=4, lr_schedule="cosine", method="none",
                                                            amp=False), device="cpu")
     with pytest.raises(ValueError, match="needs the run's length"):  # not a silent lr of 0
-        unplanned.fit(x, y, epochs=1, progress=False)
+        unplanned.fit(SliceData(x, y), epochs=1)
     constant = build_trainer(structures, net, TrainConfig(batch_size=4, lr=1e-3, method="none", amp=False),
                              device="cpu")
     constant.plan(4, epochs_done=3)
-    constant.fit(x, y, epochs=1, progress=False)
+    constant.fit(SliceData(x, y), epochs=1)
     assert constant.optimizer.param_groups[0]["lr"] == 1e-3
 
 

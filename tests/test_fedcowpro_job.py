@@ -52,7 +52,7 @@ def test_committed_fedcowpro_job_is_in_sync(tmp_path):
     diffs = [d for d in compare_job_dirs(fresh, REPO / "jobs" / "fedcowpro") if "app/custom/" not in d]
     assert diffs == [], diffs[:20]
     client = (REPO / "jobs" / "fedcowpro" / "app" / "config" / "config_fed_client.json").read_text()
-    assert "fedxmodal/fl/episodic_site.py" in client and "OutputGuard" in client
+    assert "fedxmodal/fl/site.py" in client and "OutputGuard" in client
     meta = json.loads((REPO / "jobs" / "fedcowpro" / "meta.json").read_text())
     assert meta["resource_spec"] == {"@default": {"num_of_gpus": 1}}
 
@@ -65,10 +65,10 @@ def test_registry_and_recipe_know_the_three_methods(tmp_path):
         cls = METHODS[name]
         assert cls.trainer is EpisodicTrainer and not cls.needs_labels
         assert set(cls.regimes) == {"local", "centralized", "federated"}
-    # a method must run with its own site script
+    # a package script that is not the one site script is refused
     spec = load_spec(SPEC)
-    spec["client_script"] = str(REPO / "custom" / "fedxmodal" / "fl" / "segmentation_site.py")
-    with pytest.raises(ValueError, match="episodic_site.py"):
+    spec["client_script"] = str(REPO / "custom" / "fedxmodal" / "fl" / "client_loop.py")
+    with pytest.raises(ValueError, match="fl/site.py"):
         export_job(tmp_path, spec)
 
 
@@ -77,7 +77,7 @@ def test_site_validates_with_episode_metrics_without_a_labelled_volume(unlabelle
     import shutil
 
     from fedxmodal.data.slices import SiteSlices
-    from fedxmodal.fl.episodic_site import EpisodicSite
+    from fedxmodal.methods.site_runners import EpisodicSiteRunner
     from fedxmodal.methods import trainer_from_job_args
 
     site = tmp_path / "ct-site"
@@ -87,8 +87,8 @@ def test_site_validates_with_episode_metrics_without_a_labelled_volume(unlabelle
     (site / "dataset.json").write_text(json.dumps(spec))
     job = tiny_spec()
     args = {**job["client_args"], "model": job["model"]}
-    runner = EpisodicSite(trainer_from_job_args(args, device="cpu"), SiteSlices(site, args["structures"], progress=False),
-                          seed=0, site_name="ct-site")
+    runner = EpisodicSiteRunner(trainer_from_job_args(args, device="cpu"),
+                                SiteSlices(site, args["structures"], progress=False), "ct-site", 0, args)
     val = runner.validate()
     assert val["oneshot"] == 0.0 and val["dice"] == val["episode_dice"] and val["episode_loss"] > 0
     assert (site / ".fedxmodal_cache" / "superpixels").is_dir()  # pseudo-labels cached in the site's folder

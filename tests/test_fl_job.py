@@ -168,7 +168,7 @@ def test_committed_fedgin_job_is_in_sync(tmp_path):
     )
     assert (committed / "meta.json").is_file() and (committed / "app" / "config" / "config_fed_client.json").is_file()
     client = json.loads((committed / "app" / "config" / "config_fed_client.json").read_text())
-    assert "fedxmodal/fl/segmentation_site.py" in json.dumps(client)
+    assert "fedxmodal/fl/site.py" in json.dumps(client)
 
 
 def test_cli_job_submit_keeps_the_configs(tmp_path):

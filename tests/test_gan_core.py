@@ -179,14 +179,17 @@ def test_lazy_regularisation_runs_on_its_steps_only(monkeypatch):
     monkeypatch.setattr(gan_engine, "r1_penalty", r1_spy)
     monkeypatch.setattr(tr, "path_length", pl_spy)
     out = tr.fit(batches(), steps=5)
-    assert out["r1_steps"] == 2 and out["pl_steps"] == 2 and out["r1"] > 0 and out["pl"] > 0
+    m = out["means"]
+    assert out["counts"]["r1"] == 2 and out["counts"]["pl"] == 2 and m["r1"] > 0 and m["pl"] > 0
     out = tr.fit(batches(1), steps=4)  # the counters go on across fits (rounds)
     assert (tr.d_steps, tr.g_steps) == (9, 9)
     assert calls == {"r1": [0, 4, 8], "pl": [0, 3, 6]}
-    assert out["r1_steps"] == 1 and out["pl_steps"] == 1
-    assert set(out) >= {"loss_g", "loss_d", "r1", "pl", "d_real_acc", "steps", "n_slices", "seconds", "aborted"}
-    assert out["steps"] == 4 and out["n_slices"] == 32 and not out["aborted"]
-    assert 0 <= out["d_real_acc"] <= 1 and math.isfinite(out["loss_g"]) and math.isfinite(out["loss_d"])
+    m = out["means"]
+    assert out["counts"]["r1"] == 1 and out["counts"]["pl"] == 1 and out["counts"]["loss_g"] == 4
+    assert set(m) >= {"loss_g", "loss_d", "r1", "pl", "d_real_acc"}
+    assert set(out) >= {"loss", "means", "counts", "steps", "samples", "seconds", "aborted"}
+    assert out["steps"] == 4 and out["samples"] == 32 and not out["aborted"]
+    assert 0 <= m["d_real_acc"] <= 1 and math.isfinite(m["loss_g"]) and math.isfinite(m["loss_d"])
     assert tr.fit(batches(), steps=3, should_stop=lambda: True)["aborted"]
 
 
@@ -262,7 +265,7 @@ def test_bad_batches_are_refused():
 
 def test_mixed_precision_step_runs():
     tr = trainer(amp=True)
-    out = tr.fit(batches(), steps=2)
+    out = tr.fit(batches(), steps=2)["means"]
     assert math.isfinite(out["loss_g"]) and math.isfinite(out["loss_d"])
 
 
@@ -280,7 +283,7 @@ def test_conditional_training_learns_each_sites_intensity():
                                 for zbin in range(4)]).mean())
 
     before = {s: gen_mean(s) for s in (0, 1)}
-    out = tr.fit(batches(), steps=120)
+    out = tr.fit(batches(), steps=120)["means"]
     after = {s: gen_mean(s) for s in (0, 1)}
     assert all(abs(after[s] - real_mean[s]) < 0.3 for s in (0, 1)), (before, after)
     assert after[1] - after[0] > 0.75 * (real_mean[1] - real_mean[0]), (before, after)

@@ -1,6 +1,6 @@
 """Non-federated regimes with the method's trainer: ``local`` (one site's data) and
 ``centralized`` (all sites' training slices pooled). The federated regime drives the same trainer
-from NVFlare (``fedxmodal.fl.segmentation_site``). Every regime evaluates on every given site's
+from NVFlare (``fedxmodal.fl.site``). Every regime evaluates on every given site's
 test split."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from ..data.preprocess import PreprocessConfig
 from ..data.slices import SiteSlices
 from ..metrics.report import write_evaluation
-from ..engine.base import seed_everything
+from ..engine.base import SliceData, seed_everything
 from ..engine.supervised import SupervisedTrainer, TrainConfig
 from ..methods import build_trainer, load_trainer, method_class
 from ..networks.unet import UNetConfig
@@ -65,8 +65,9 @@ def train_regime(regime: str, train_sites: list[str], structures, out_dir, *, ep
     trainer.plan(epochs)  # the whole run's length, for schedules (FedDA's adversarial ramp)
     log.info("%s training on %s: %d slices, %d epochs", regime, [s.name for s in sites], len(images), epochs)
     history, best, t0 = [], -1.0, time.perf_counter()
+    data = SliceData(images, labels, domains)
     for epoch in range(1, epochs + 1):
-        fit = trainer.fit(images, labels, epochs=1, desc=f"{regime}", progress=progress, domains=domains)
+        fit = trainer.fit(data, epochs=1, desc=f"{regime}", progress=progress)
         if not validate_every or epoch % validate_every:
             history.append({"epoch": epoch, "loss": fit["loss"]})
             continue

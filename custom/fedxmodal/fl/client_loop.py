@@ -138,8 +138,7 @@ def init_site(
 
 def site_trainer(args: Mapping[str, Any], site: SiteContext):
     """The (untrained) trainer a job's site arguments describe, seeded with the site's seed, with
-    ``local_steps`` (when given) as its steps per round and the site's TensorBoard writer: what
-    the step-based site scripts (episodic, generative, adaptation) start from."""
+    ``local_steps`` (when given) as its steps per round and the site's TensorBoard writer."""
     from fedxmodal.methods import trainer_from_job_args
 
     train = {**args["train"], "seed": site.seed}
@@ -159,16 +158,6 @@ def site_data_or_stop(site_name: str):
         yield
     except (DataError, ValueError) as exc:
         raise RuntimeError(f"site {site_name}: bad data: {exc}") from None
-
-
-def serve_runner(runner, parts, args: Mapping[str, Any], site: SiteContext, train_fn=None) -> None:
-    """:func:`run_client` for a step-based site: ``runner`` has ``train(info)``, ``validate()``,
-    ``evaluate()`` and ``n_train_items``; ``parts`` are the method's ``SiteParts`` (the weights it
-    shares, its own tasks)."""
-    get_weights, set_weights = parts.weight_access()
-    run_client(train_fn=train_fn or runner.train, validate_fn=runner.validate, evaluate_fn=runner.evaluate,
-               get_weights=get_weights, set_weights=set_weights, n_train_items=runner.n_train_items,
-               key_metric=args["key_metric"], site=site, task_handlers=parts.task_handlers(), on_task=parts.on_task)
 
 
 # --------------------------------------------------------------------------------------------

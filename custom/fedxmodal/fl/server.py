@@ -311,6 +311,8 @@ class ResumableFedAvg(FedAvg):
         )
         self.ignore_result_error = ignore_result_error
         self.site_payloads = site_payloads
+        self._held_results: list = []  # this round's results, until every site has answered
+        self._deliver = None
         self.sample_seed = sample_seed
         self._total_rounds = num_rounds
 
@@ -343,9 +345,33 @@ class ResumableFedAvg(FedAvg):
             self.site_payloads.round_done(self.current_round, model)
         return model
 
+    # The round's results in site-name order: NVFlare adds each as it arrives and float addition is
+    # not associative, so with 3+ sites the model would follow the machine's load. Held until all
+    # sites answered, then handed on (site_payloads.accept, the weighted sum or a method's
+    # aggregator, the metrics' average) sorted by site name.
+    def _in_site_order(self, deliver):
+        def hold(result):
+            if not result.params:  # as FedAvg: an empty result is skipped, not aggregated
+                return deliver(result)
+            self._held_results.append(result)
+            self._deliver = deliver
+            return True
+
+        return hold
+
+    def _get_aggregated_result(self) -> FLModel:
+        held, self._held_results = self._held_results, []
+        for result in sorted(held, key=lambda r: str((r.meta or {}).get("client_name", ""))):
+            self._deliver(result)
+        return super()._get_aggregated_result()
+
     def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None):
         if data is not None:
             data.total_rounds = self._total_rounds  # FedAvg.run() sets the rounds *left*
+        if callback is not None and task_name == self.task_name:
+            deliver = callback if self.site_payloads is None else (
+                lambda result: callback(self.site_payloads.accept(result)))
+            callback = self._in_site_order(deliver)
         if self.site_payloads is None or task_name != self.task_name or data is None or callback is None:
             if data is not None and data.params:
                 self.info(f"round {self.current_round}: {task_name} payload_bytes={_params_bytes(data.params)} per site")
@@ -354,16 +380,13 @@ class ResumableFedAvg(FedAvg):
         sites = [getattr(t, "name", t) for t in (targets or self.sample_clients(self.num_clients))]
         payloads = self.site_payloads.payloads(self.current_round, sites, data)
 
-        def accept_then(result):
-            return callback(self.site_payloads.accept(result))
-
         failed = set()
         for site in sites:
             payload = payloads[site]
             payload.total_rounds = self._total_rounds
             self.info(f"round {self.current_round}: {task_name} payload to {site}: "
                       f"payload_bytes={_params_bytes(payload.params)}")
-            super().send_model(task_name=task_name, data=payload, targets=[site], timeout=timeout, callback=accept_then)
+            super().send_model(task_name=task_name, data=payload, targets=[site], timeout=timeout, callback=callback)
             failed |= self._current_failed_clients  # each send resets the controller's per-task state
         # the round's error policy counts all its sites, as one broadcast would
         self._current_min_responses = min_responses or len(sites)

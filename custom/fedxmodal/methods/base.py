@@ -17,7 +17,7 @@ A method owns every piece of itself (one module, or a package with its NVFlare p
 The trainer owns the loop, the optimizer, devices, AMP, logging and evaluation; methods never copy
 those. :class:`MethodBase` is what every method declares to the registry; :class:`PlainMethod`
 is the supervised base, :class:`EpisodicMethod` the self-supervised one-shot base (no labels;
-``needs_labels = False``, its own trainer and site script), :class:`GanMethod` the generative base
+``needs_labels = False``, its own trainer and site runner), :class:`GanMethod` the generative base
 (a conditional GAN of the sites' appearance; no labels). Register a new method with one line in ``fedxmodal.methods.METHODS``.
 """
 
@@ -33,6 +33,7 @@ from ..engine.episodic import EpisodicTrainer
 from ..engine.gan import GanTrainer
 from ..engine.supervised import SupervisedTrainer
 from ..utils import import_by_path
+from .site_runners import EpisodicSiteRunner, GanSiteRunner, SiteData, SupervisedSiteRunner
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,22 @@ class ServerParts:
 
 
 class SiteParts:
-    """What a method's site does in an NVFlare job beyond train / validate / evaluate. The generic
-    site script (``fedxmodal.fl.segmentation_site``) builds one per site; the defaults share every
-    weight and add no task.
+    """What a method's site does in an NVFlare job beyond train / validate / evaluate. The one
+    site script (``fedxmodal.fl.site``) builds one per site; the defaults share every weight and
+    add no task.
 
     Args:
         trainer: the site's trainer (``get_weights`` / ``set_weights``, ``model``, ``method``).
-        train_images: (N, 1, H, W) the site's training slices (they never leave the site).
+        data: the site's :class:`~fedxmodal.methods.site_runners.SiteData` (its volumes and, for
+            the supervised styles, its (N, 1, H, W) training slices; nothing of it leaves the site).
         site_name: the site's NVFlare name (for logs).
         state_dir: a folder at the site that outlives a run, for state a method keeps across
             rounds (None: keep nothing on disk).
     """
 
-    def __init__(self, trainer, train_images: torch.Tensor, site_name: str, state_dir=None):
+    def __init__(self, trainer, data: SiteData, site_name: str, state_dir=None):
         self.trainer = trainer
-        self.train_images = train_images
+        self.data = data
         self.site_name = site_name
         self.state_dir = state_dir
 
@@ -82,7 +84,8 @@ class SiteParts:
         """Before a round's local training (``info``: the round, ``fedxmodal.fl.client_loop.RoundInfo``)."""
 
     def after_training(self, info, fit_result: dict) -> dict:
-        """After a round's local training; returns extra training metrics (scalars, TensorBoard
+        """After a round's local training (``fit_result``: the trainer's fit summary, see
+        ``BaseTrainer.fit``); returns extra training metrics (scalars, TensorBoard
         ``train/<name>``; they stay at the site's TensorBoard stream)."""
         return {}
 
@@ -95,7 +98,7 @@ class MethodBase:
     regimes = ("local", "centralized", "federated")
     trainer = SupervisedTrainer
     needs_labels = True  # False: trains on unlabelled sites (self-supervised); not in the supervised grid
-    site_script = "fl/segmentation_site.py"  # the site script its jobs run, relative to the package
+    site_runner = SupervisedSiteRunner  # what runs at its sites (methods/site_runners.py), by training style
     site_parts: str | None = None  # dotted path of a SiteParts subclass; None: SiteParts
 
     @classmethod
@@ -117,9 +120,9 @@ class MethodBase:
         return ServerParts()
 
     @classmethod
-    def build_site_parts(cls, trainer, train_images, site_name, state_dir=None) -> SiteParts:
+    def build_site_parts(cls, trainer, data: SiteData, site_name, state_dir=None) -> SiteParts:
         parts_cls = import_by_path(cls.site_parts) if cls.site_parts else SiteParts
-        return parts_cls(trainer, train_images, site_name, state_dir=state_dir)
+        return parts_cls(trainer, data, site_name, state_dir=state_dir)
 
 
 class PlainMethod(MethodBase):
@@ -145,14 +148,14 @@ class PlainMethod(MethodBase):
 class EpisodicMethod(MethodBase, abc.ABC):
     """A self-supervised few-shot method: trains on episodes built from unlabelled slices through
     :class:`~fedxmodal.engine.episodic.EpisodicTrainer`, segments a new volume from one labelled
-    support volume. Its jobs run ``fl/episodic_site.py``. Subclasses implement ``build_network``,
+    support volume. Its sites run ``EpisodicSiteRunner``. Subclasses implement ``build_network``,
     ``episode_sampler``, ``episode_loss``, ``evaluate_oneshot`` and ``segment_with_support`` (see
     :mod:`fedxmodal.engine.episodic`) and ``preview_pseudo_labels`` (the ``superpixels`` command)."""
 
     trainer = EpisodicTrainer
     needs_labels = False
-    site_script = "fl/episodic_site.py"
-    # the metrics its sites send (fedxmodal.fl.episodic_site): one-shot Dice where a site has a
+    site_runner = EpisodicSiteRunner
+    # the metrics its sites send (EpisodicSiteRunner): one-shot Dice where a site has a
     # labelled volume, the episode loss / Dice otherwise
     SITE_METRICS = ("dice", "dice_[a-z_]+", "n_volumes", "oneshot", "self_support", "episode_loss", "episode_dice",
                     "whole_volume_dice")
@@ -190,14 +193,14 @@ class EpisodicMethod(MethodBase, abc.ABC):
 
 class GanMethod(MethodBase, abc.ABC):
     """A generative method: a conditional GAN of the sites' slices trained through
-    :class:`~fedxmodal.engine.gan.GanTrainer` (no labels). Its jobs run ``fl/gan_site.py``, which
+    :class:`~fedxmodal.engine.gan.GanTrainer` (no labels). Its sites run ``GanSiteRunner``, which
     calls ``site_data`` once, ``trainer.fit`` on its training batches every round, and judges the
     received model with ``quality_metrics`` (``QUALITY_METRICS``, sent as aggregate scalars; the
     job's key metric is the first, lower is better); ``site_pictures`` stay at the site."""
 
     trainer = GanTrainer
     needs_labels = False
-    site_script = "fl/gan_site.py"
+    site_runner = GanSiteRunner
     regimes = ("federated", "centralized", "local")
     QUALITY_METRICS: tuple = ()
 

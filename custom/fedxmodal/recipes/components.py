@@ -12,10 +12,12 @@ from typing import List
 import fedxmodal
 from fedxmodal.fl.client_args import format_client_args
 from fedxmodal.fl.guard import DEFAULT_METRIC_PATTERNS
-from fedxmodal.methods import METHODS, method_class
+from fedxmodal.methods import method_class
 
 from .filters import guarded_analytics
 from .spec import JobSpec
+
+SITE_SCRIPT = "fl/site.py"  # the one site script of every job, relative to the package
 
 PACKAGE_DIR = Path(fedxmodal.__file__).resolve().parent
 # Host-side parts of the package: CLI commands, job building, POC / provisioning / process control.
@@ -153,14 +155,13 @@ def method_of(spec: JobSpec):
 
 
 def check_site_script(spec: JobSpec, method_cls) -> None:
-    """The method must run with its own site script (``site_script``: the supervised or the episodic
-    site), not with another method's; any other script (the user's, a test's) is left alone."""
+    """A script of the package must be the one site script (``fl/site.py``, which runs every method
+    by its registry entry); a script outside the package (the user's, a test's) is left alone."""
     script, package = Path(spec.site.client_script).resolve(), package_dir(spec)
-    known = {cls.site_script for cls in METHODS.values()}
     rel = script.relative_to(package).as_posix() if script.is_relative_to(package) else None
-    if rel in known and rel != method_cls.site_script:
-        raise ValueError(f"job {spec.name}: method {method_cls.name!r} runs with the site script "
-                         f"{method_cls.site_script}, the spec names {script.relative_to(package).as_posix()}")
+    if rel is not None and rel != SITE_SCRIPT:
+        raise ValueError(f"job {spec.name}: method {method_cls.name!r} runs with the site script {SITE_SCRIPT}, "
+                         f"the spec names {rel}")
 
 
 def output_guard_args(spec: JobSpec, method_cls):

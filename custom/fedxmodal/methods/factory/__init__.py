@@ -7,7 +7,7 @@ Pieces: the network (``fedxmodal.networks.stylegan``), the GAN trainer
 instead of CLIP), its conditioned slices and quality figures (:mod:`.site_data`, SWD
 :mod:`.quality`), the pictures (:mod:`.pictures`), the site part that re-creates the optimizers
 every round (:mod:`.site`) and the unweighted server average (:mod:`.aggregator`). Jobs run the
-generic ``fl/gan_site.py``; ``jobs/specs/factory.json``.
+one site script ``fl/site.py`` (``GanSiteRunner``); ``jobs/specs/factory.json``.
 
 Condition of a slice: the site (its row in the site embedding: ``sites``, the phase-1 federation
 in a fixed order), the site's domain key, and the slice's position in its volume (``n_zbins``

@@ -1,6 +1,6 @@
 """The data factory's phase 2 at a site (jobs/factory_adapt): the two tasks of
 :class:`~fedxmodal.methods.factory.adapt_workflow.FactoryAdaptation`, served by the generic
-``fl/adaptation_site.py``.
+``fl/site.py``.
 
 * ``train_source`` (the source site): receives the factory's EMA generator (``generator_ema.*``),
   trains E_s + S_s on its labelled training slices (``fit_source``), evaluates on its validation
@@ -41,12 +41,12 @@ def _take(params: dict, prefix: str) -> dict:
 
 
 class AdaptationSiteParts(SiteParts):
-    """``train_images``: here the site's :class:`~fedxmodal.data.slices.SiteSlices` (labels are
-    read at the site, never sent)."""
+    """The two task handlers on the site's volumes (``data.slices``; labels are read at the site,
+    never sent)."""
 
-    def __init__(self, trainer, train_images, site_name, state_dir=None):
-        super().__init__(trainer, train_images, site_name, state_dir=state_dir)
-        self.data, self.method = train_images, trainer.method
+    def __init__(self, trainer, data, site_name, state_dir=None):
+        super().__init__(trainer, data, site_name, state_dir=state_dir)
+        self.slices, self.method = data.slices, trainer.method
 
     def task_handlers(self) -> dict:
         return {TRAIN_SOURCE: self._replying(self.train_source), ADAPT_TARGET: self._replying(self.adapt_target)}
@@ -88,9 +88,9 @@ class AdaptationSiteParts(SiteParts):
         tr, tc = self.trainer, self.trainer.train_config
         if self.site_name not in sites:
             raise ValueError(f"the source must be a phase-1 site {list(sites)} (its row in the generator)")
-        batches = self.method.source_batches(self.data, sites.index(self.site_name), tr.cfg, tc.batch_size, tc.seed)
+        batches = self.method.source_batches(self.slices, sites.index(self.site_name), tr.cfg, tc.batch_size, tc.seed)
         fit = tr.fit_source(batches)
-        metrics = {**site_dice(tr.evaluate(self.data, "validation")), "steps": float(fit["steps"])}
+        metrics = {**site_dice(tr.evaluate(self.slices, "validation")), "steps": float(fit["steps"])}
         log.info("[%s] source branch trained (%d steps, %d labelled slices): validation %s", self.site_name,
                  fit["steps"], len(batches), metrics)
         if self._path("source.pt"):
@@ -105,14 +105,14 @@ class AdaptationSiteParts(SiteParts):
         if not branch:
             raise ValueError("no source branch in the adapt_target payload")
         tr.set_source_branch(branch)
-        row, how = self.method.site_condition(self.data, tr.generator, self.site_name, tc.seed, tr.device)
+        row, how = self.method.site_condition(self.slices, tr.generator, self.site_name, tc.seed, tr.device)
         if how["late"]:
             log.info("[%s] not a phase-1 site: conditioning on %s (row %d), the phase-1 site whose generated "
                      "slices' domain key is nearest to this site's (distances %s)", self.site_name, how["site"], row,
                      {k: round(v, 3) for k, v in how["distances"].items()})
-        batches, labelled, picks = self.method.target_batches(self.data, row, tr.cfg, tc.batch_size, tc.seed)
+        batches, labelled, picks = self.method.target_batches(self.slices, row, tr.cfg, tc.batch_size, tc.seed)
         fit = tr.fit_target(batches, source_site=sites.index(source), labelled=labelled)
-        metrics = {**site_dice(tr.evaluate(self.data, "test")), "steps": float(fit["steps"])}
+        metrics = {**site_dice(tr.evaluate(self.slices, "test")), "steps": float(fit["steps"])}
         if self._path("target.pt"):
             tr.save(self._path("target.pt"), role="target", site=self.site_name, source=source,
                     condition_site=how["site"], labelled_slices=[list(p) for p in picks])

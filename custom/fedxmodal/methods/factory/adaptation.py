@@ -9,7 +9,7 @@ the frozen source branch, and its few labels (:mod:`fedxmodal.engine.adaptation`
 from the source to the target is the source branch's weights, never a source image.
 
 :func:`adapt_locally` runs both on one host; ``jobs/factory_adapt`` splits the same steps between
-the sites through NVFlare (:mod:`.adapt_workflow`, :mod:`.adapt_site`, ``fl/adaptation_site.py``).
+the sites through NVFlare (:mod:`.adapt_workflow`, :mod:`.adapt_site`, ``fl/site.py``).
 The method's regime is ``local`` only: the supervised ``compare`` grid, which compares FedAvg
 training, leaves it out.
 """
@@ -30,6 +30,7 @@ from ...engine.gan import load_factory_generator
 from ...networks.gan_inversion import InversionSegNet
 from ...networks.stylegan import StyleGANConfig, StyleGenerator
 from ...utils import instantiate
+from ..site_runners import TaskSiteRunner
 from ..base import MethodBase, ServerParts
 from .domain_key import DomainKeyEncoder, domain_key
 from .site_data import site_slices, slice_zbins, to_unit_range
@@ -135,7 +136,7 @@ class AdaptationMethod(MethodBase):
     trainer = AdaptationTrainer
     needs_labels = True
     regimes = ("local",)  # the supervised compare grid's federated FedAvg does not apply
-    site_script = "fl/adaptation_site.py"  # jobs/factory_adapt: the method's own two tasks
+    site_runner = TaskSiteRunner  # jobs/factory_adapt: the site serves the method's own two tasks
     site_parts = "fedxmodal.methods.factory.adapt_site.AdaptationSiteParts"
 
     def __init__(self, n_labelled: int = 3, allow_fewer: bool = False, sites=(), source_site: str = "",

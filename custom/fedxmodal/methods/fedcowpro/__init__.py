@@ -11,7 +11,7 @@ SSL-ALPNet and CoWPro -- three registered methods over one code path (``method.P
 - ``method``: the trainer's and the site's part (episodes from a site, loss, one-shot, segment).
 
 Federated, they are plain FedAvg (no site or server parts of their own): the generic site script
-``fedxmodal.fl.episodic_site`` trains them; only the encoder's weights and aggregate metrics leave
+the one site script (``fedxmodal.fl.site``, ``EpisodicSiteRunner``) trains them; only the encoder's weights and aggregate metrics leave
 a site, never the superpixels.
 """
 

@@ -23,8 +23,8 @@ def _take(params: dict, prefix: str) -> dict:
 
 
 class FedDASiteParts(SiteParts):
-    def __init__(self, trainer, train_images, site_name, state_dir=None):
-        super().__init__(trainer, train_images, site_name, state_dir=state_dir)
+    def __init__(self, trainer, data, site_name, state_dir=None):
+        super().__init__(trainer, data, site_name, state_dir=state_dir)
         self.method = trainer.method
         self.received: dict | None = None  # the global weights of the current train task
         self.peer: dict | None = None  # a cyclic round's peer weights

@@ -18,7 +18,7 @@ class FedDGSiteParts(SiteParts):
         method = self.trainer.method
 
         def share(_model):
-            payload = {AMPLITUDES_KEY: method.share_amplitudes(self.train_images).float().contiguous()}
+            payload = {AMPLITUDES_KEY: method.share_amplitudes(self.data.training.images).float().contiguous()}
             log.info("[%s] sharing %s", self.site_name, {k: tuple(v.shape) for k, v in payload.items()})
             return FLModel(params=payload, params_type=ParamsType.FULL)
 

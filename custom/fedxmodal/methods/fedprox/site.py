@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class FedProxSiteParts(SiteParts):
-    def __init__(self, trainer, train_images, site_name, state_dir=None):
-        super().__init__(trainer, train_images, site_name, state_dir=state_dir)
+    def __init__(self, trainer, data, site_name, state_dir=None):
+        super().__init__(trainer, data, site_name, state_dir=state_dir)
         self.mu = None
 
     def on_task(self, task_name, fl_model) -> None:
