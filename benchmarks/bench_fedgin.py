@@ -362,7 +362,7 @@ def plain_site(name: str, data_root) -> dict:
 def plain_child(data_root: str, rounds: int) -> None:
     """Child process of run_plain: R rounds of (validate global, 1 epoch, FedAvg) for both sites in
     sequence, then the cross-site evaluation's work (each site: 4 models on its test split)."""
-    from fedxmodal.fl.segmentation_site import aggregate_metrics
+    from fedxmodal.methods.site_runners import aggregate_metrics
     from fedxmodal.utils import instantiate
 
     t_imports = time.time()

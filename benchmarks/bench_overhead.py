@@ -127,7 +127,7 @@ def run_variant(tmp: Path, tag: str, overrides: dict, rounds: int, data_root: Pa
 def _site_worker(site: str, data_root: str, conn) -> None:
     """One site without NVFlare: load data, build the engine (the site's seed as init_site), then
     per message: set weights, validate, train 1 epoch, send weights back; or evaluate models (CSE)."""
-    from fedxmodal.fl.segmentation_site import aggregate_metrics
+    from fedxmodal.methods.site_runners import aggregate_metrics
 
     site_ = bf.plain_site(site, data_root)
     data, x, y, eng = site_["data"], site_["x"], site_["y"], site_["engine"]

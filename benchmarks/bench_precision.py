@@ -109,7 +109,7 @@ def adaptation(amp: bool, n: int, device: str):
     of the factory's settings: ``n // 8`` target steps of batch 8 with three labelled slices."""
     import torch
 
-    from fedxmodal.engine.adaptation import AdaptationConfig, AdaptationTrainer
+    from fedxmodal.methods.factory.trainer import AdaptationConfig, AdaptationTrainer
     from fedxmodal.methods.factory.adaptation import AdaptationMethod
     from fedxmodal.networks.gan import FactoryGAN
 

@@ -124,7 +124,7 @@ def run_gan(name: str, cls, regime: str) -> tuple[str, float]:
 
 
 def run_adaptation(name: str, cls, regime: str) -> tuple[str, float]:
-    from fedxmodal.engine.adaptation import AdaptationConfig
+    from fedxmodal.methods.factory.trainer import AdaptationConfig
     from fedxmodal.networks.gan import FactoryGAN
     from fedxmodal.networks.stylegan import StyleGANConfig
 

@@ -16,7 +16,7 @@ from fedxmodal.methods.base import PlainMethod
 PKG = Path(fedxmodal.__file__).resolve().parent
 REPO = PKG.parents[1]
 HOST_SIDE = ("apps", "recipes", "deploy", "cli", "__main__")
-MAX_LINES = 420
+MAX_LINES = 400
 
 
 def _modules() -> dict[str, Path]:
@@ -191,3 +191,36 @@ def test_a_job_ships_only_the_runtime(tmp_path):
         module = ".".join(p.relative_to(shipped.parent).with_suffix("").parts).removesuffix(".__init__")
         host = {t for t in _imports(module, p) if t.split(".")[:2] in ([["fedxmodal", h] for h in HOST_SIDE])}
         assert not host, (p, host)
+
+
+def _classes():
+    """(module, ClassDef) of every class in the package."""
+    for m, p in MODULES.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef):
+                yield m, node
+
+
+def test_one_training_loop():
+    """Only the base trainer has a loop (``fit``); every trainer writes its step (``iteration``)."""
+    from fedxmodal.engine.base import BaseTrainer
+
+    fits = {f"{m}.{c.name}" for m, c in _classes()
+            if any(isinstance(f, ast.FunctionDef) and f.name == "fit" for f in c.body)}
+    assert fits == {"fedxmodal.engine.base.BaseTrainer"}, fits
+    styles = {cls.trainer for cls in METHODS.values()}
+    assert len(styles) >= 5
+    assert all(issubclass(t, BaseTrainer) and t.iteration is not BaseTrainer.iteration for t in styles), styles
+
+
+def test_one_site_script():
+    """Every job runs fl/site.py; what runs at a site comes from the method's base (its runner)."""
+    import json
+
+    from fedxmodal.methods.site_runners import SiteRunner
+
+    scripts = {m for m, p in MODULES.items() if m.startswith("fedxmodal.fl.") and "__main__" in _names_in(p)}
+    assert scripts == {"fedxmodal.fl.site"}, scripts
+    assert all(issubclass(cls.site_runner, SiteRunner) for cls in METHODS.values())
+    for spec in (REPO / "jobs" / "specs").glob("*.json"):
+        assert json.loads(spec.read_text())["client_script"].endswith("fedxmodal/fl/site.py"), spec

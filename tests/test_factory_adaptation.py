@@ -1,5 +1,5 @@
 """The data factory, phase 2 (seed 002): the inversion encoder and feature head
-(networks/gan_inversion.py), the adaptation trainer (engine/adaptation.py) and the method side
+(networks/gan_inversion.py), the adaptation trainer (methods/factory/trainer.py) and the method side
 (methods/factory/adaptation.py), on a tiny untrained generator (16 px, 32 channels) so that the
 file runs in seconds on one core."""
 
@@ -13,7 +13,7 @@ import torch
 
 from fedxmodal.data.preprocess import PreprocessConfig
 from fedxmodal.data.slices import SiteSlices
-from fedxmodal.engine.adaptation import AdaptationConfig, AdaptationTrainer
+from fedxmodal.methods.factory.trainer import AdaptationConfig, AdaptationTrainer
 from fedxmodal.methods import METHODS, load_trainer
 from fedxmodal.methods.factory.adaptation import AdaptationMethod, adapt_locally, pick_three_slices
 from fedxmodal.networks.gan import FactoryGAN

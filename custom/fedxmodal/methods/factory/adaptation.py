@@ -5,7 +5,7 @@ A labelled *source* site trains an inversion encoder E_s and a segmentation head
 generator's features; a *target* site, with three labelled mid-slices (one from each of three
 volumes, :func:`pick_three_slices`) and the rest unlabelled, trains its own E_t / S_t with
 reconstruction, a cycle through the source domain, the factory's source-like samples labelled by
-the frozen source branch, and its few labels (:mod:`fedxmodal.engine.adaptation`). What passes
+the frozen source branch, and its few labels (:mod:`.trainer`). What passes
 from the source to the target is the source branch's weights, never a source image.
 
 :func:`adapt_locally` runs both on one host; ``jobs/factory_adapt`` splits the same steps between
@@ -25,7 +25,7 @@ import torch
 
 from ...data.preprocess import PreprocessConfig
 from ...data.slices import SiteSlices
-from ...engine.adaptation import AdaptationConfig, AdaptationTrainer
+from .trainer import AdaptationConfig, AdaptationTrainer
 from ...engine.gan import load_factory_generator
 from ...networks.gan_inversion import InversionSegNet
 from ...networks.stylegan import StyleGANConfig, StyleGenerator

@@ -1,7 +1,8 @@
-"""The adaptation trainer: a site's local phase 2 around a FROZEN conditional generator G (the
-data factory's phase 1, :mod:`.gan`). The site trains an inversion encoder E (slice -> w+) and a
+"""The data factory's adaptation trainer: a site's local phase 2 around a FROZEN conditional
+generator G (phase 1, :mod:`fedxmodal.engine.gan`). It serves this one method, so it lives here,
+on the engine's base trainer (its loop; this module writes the two steps). The site trains an inversion encoder E (slice -> w+) and a
 segmentation head S on G's synthesis features (:class:`~fedxmodal.networks.gan_inversion.InversionSegNet`,
-``self.model``: the weights that may travel); G never changes. REFERENCE.md section 4, phase 2.
+``self.model``: the weights that may travel); G never changes (the data factory paper, phase 2).
 
 Batches (``next_batch()``), images in [-1, 1] (G's range), conditions as in phase 1::
 
@@ -50,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
 
-from ..data.preprocess import PreprocessConfig
-from ..losses.segmentation import build_segmentation_loss
-from ..networks.stylegan import StyleGANConfig, StyleGenerator
-from .base import BaseTrainer, SettingsDict
-from .evaluation import evaluate_site, predict_volume
-from .gan import load_factory_generator
+from ...data.preprocess import PreprocessConfig
+from ...engine.base import BaseTrainer, SettingsDict
+from ...engine.evaluation import evaluate_site, predict_volume
+from ...engine.gan import load_factory_generator
+from ...losses.segmentation import build_segmentation_loss
+from ...networks.stylegan import StyleGANConfig, StyleGenerator
 
 CHECKPOINT_FORMAT = "fedxmodal-adaptation/1"
 WIDTH_KEYS = ("encoder_width", "head_width")
