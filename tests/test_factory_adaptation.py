@@ -1,4 +1,4 @@
-"""The data factory, phase 2 (seed 002): the inversion encoder and feature head
+"""The federated multimodal data factory, phase 2: the inversion encoder and feature head
 (networks/gan_inversion.py), the adaptation trainer (methods/factory/trainer.py) and the method side
 (methods/factory/adaptation.py), on a tiny untrained generator (16 px, 32 channels) so that the
 file runs in seconds on one core."""

@@ -48,7 +48,7 @@ RAMPS = ("sigmoid", "constant")
 class AdversarialConfig(SettingsDict):
     """weight: lambda_max; ramp: ``sigmoid`` (lambda_max * (2 / (1 + exp(-10 p)) - 1), DANN's) or
     ``constant``; aux_tap / aux_ratio: the second, shallower tap and its share of the weight;
-    d_lr / d_betas / d_width: the discriminator's Adam and width (REFERENCE.md section 3)."""
+    d_lr / d_betas / d_width: the discriminator's Adam and width (FedDA's design choices)."""
 
     weight: float = 1e-3
     ramp: str = "sigmoid"

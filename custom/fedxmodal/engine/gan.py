@@ -28,10 +28,8 @@ its equalized-lr layers, so one lr serves all of G.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ..data.preprocess import PreprocessConfig
@@ -46,7 +44,7 @@ BATCH_KEYS = ("images", "site", "key", "zbin")
 
 @dataclass
 class GanConfig(SettingsDict):
-    """Optimisation of the conditional StyleGAN2 (REFERENCE.md section 4).
+    """Optimisation of the conditional StyleGAN2 (the data factory paper; StyleGAN2 / StyleGAN2-ADA).
 
     ``steps``: G+D steps per ``fit`` (per round in a federation); ``lr``/``betas``: Adam, StyleGAN2's
     2e-3 and (0, 0.99), corrected for lazy regularisation; ``r1_gamma``: 0.1, StyleGAN2-ADA's
