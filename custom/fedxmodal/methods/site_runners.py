@@ -144,7 +144,8 @@ class EpisodicSiteRunner(SiteRunner):
         tc = trainer.train_config
         self.sampler = trainer.sampler(slices, "training", seed=seed)  # superpixels: computed or read from the cache
         fixed = self.sampler.with_seed(seed + 1)  # the same slices and superpixels, other episodes
-        self.val_batches = [fixed.batch(tc.batch_size) for _ in range(max(1, math.ceil(tc.val_episodes / tc.batch_size)))]
+        n_val = max(1, math.ceil(tc.val_episodes / tc.batch_size))
+        self.val_batches = [fixed.batch(tc.batch_size) for _ in range(n_val)]
 
     @property
     def n_train_items(self) -> int:
