@@ -361,6 +361,7 @@ class ResumableFedAvg(FedAvg):
 
     def _get_aggregated_result(self) -> FLModel:
         held, self._held_results = self._held_results, []
+        self.info(f"round {self.current_round}: aggregating {len(held)} results in site-name order")
         for result in sorted(held, key=lambda r: str((r.meta or {}).get("client_name", ""))):
             self._deliver(result)
         return super()._get_aggregated_result()
@@ -369,9 +370,9 @@ class ResumableFedAvg(FedAvg):
         if data is not None:
             data.total_rounds = self._total_rounds  # FedAvg.run() sets the rounds *left*
         if callback is not None and task_name == self.task_name:
-            deliver = callback if self.site_payloads is None else (
-                lambda result: callback(self.site_payloads.accept(result)))
-            callback = self._in_site_order(deliver)
+            payloads, deliver = self.site_payloads, callback  # (the lambda must not see callback rebound)
+            callback = self._in_site_order(deliver if payloads is None else
+                                           lambda result: deliver(payloads.accept(result)))
         if self.site_payloads is None or task_name != self.task_name or data is None or callback is None:
             if data is not None and data.params:
                 self.info(f"round {self.current_round}: {task_name} payload_bytes={_params_bytes(data.params)} per site")
