@@ -27,7 +27,8 @@ gone (the simulator wipes its workspace; a resubmitted job gets a new job id and
   run (last round >= num_rounds - 1) is moved aside to ``<job name>.done-<time>`` and the job
   starts fresh; raising ``num_rounds`` and resubmitting therefore continues training.
 * :class:`ResumableFedAvg` starts at the round after the checkpoint's and runs only the rounds
-  left (``total_rounds`` sent to the sites stays the configured total).
+  left (``total_rounds`` sent to the sites stays the configured total); it also aggregates a
+  round's results in site-name order, whatever their arrival order (a seed fixes the model).
 * :class:`ResumableIntimeModelSelector` restores the best metric, so a resumed run does not
   overwrite the best model with a worse one.
 
@@ -41,6 +42,7 @@ import random
 import shutil
 import time
 import uuid
+from functools import partial
 from typing import Dict, Optional
 
 import torch
@@ -311,8 +313,7 @@ class ResumableFedAvg(FedAvg):
         )
         self.ignore_result_error = ignore_result_error
         self.site_payloads = site_payloads
-        self._held_results: list = []  # this round's results, until every site has answered
-        self._deliver = None
+        self._held_results, self._deliver = [], None  # this round's results, until every site has answered
         self.sample_seed = sample_seed
         self._total_rounds = num_rounds
 
@@ -332,9 +333,7 @@ class ResumableFedAvg(FedAvg):
         if state and state.get("last_round") is not None:
             self.start_round = int(state["last_round"]) + 1
             self.num_rounds = max(0, self._total_rounds - self.start_round)
-            self.info(
-                f"Resuming at round {self.start_round} of {self._total_rounds} ({self.num_rounds} round(s) left)."
-            )
+            self.info(f"Resuming at round {self.start_round} of {self._total_rounds} ({self.num_rounds} round(s) left).")
         return model
 
     def update_model(self, model, aggr_result):
@@ -345,10 +344,8 @@ class ResumableFedAvg(FedAvg):
             self.site_payloads.round_done(self.current_round, model)
         return model
 
-    # The round's results in site-name order: NVFlare adds each as it arrives and float addition is
-    # not associative, so with 3+ sites the model would follow the machine's load. Held until all
-    # sites answered, then handed on (site_payloads.accept, the weighted sum or a method's
-    # aggregator, the metrics' average) sorted by site name.
+    # NVFlare adds each result as it arrives; float addition is not associative: held until all
+    # sites answered, then handed on (payloads' accept, the sum or an aggregator) by site name.
     def _in_site_order(self, deliver):
         def hold(result):
             if not result.params:  # as FedAvg: an empty result is skipped, not aggregated
@@ -370,9 +367,8 @@ class ResumableFedAvg(FedAvg):
         if data is not None:
             data.total_rounds = self._total_rounds  # FedAvg.run() sets the rounds *left*
         if callback is not None and task_name == self.task_name:
-            payloads, deliver = self.site_payloads, callback  # (the lambda must not see callback rebound)
-            callback = self._in_site_order(deliver if payloads is None else
-                                           lambda result: deliver(payloads.accept(result)))
+            callback = self._in_site_order(callback if self.site_payloads is None else
+                                           partial(_accept_then, self.site_payloads.accept, callback))
         if self.site_payloads is None or task_name != self.task_name or data is None or callback is None:
             if data is not None and data.params:
                 self.info(f"round {self.current_round}: {task_name} payload_bytes={_params_bytes(data.params)} per site")
@@ -393,6 +389,10 @@ class ResumableFedAvg(FedAvg):
         self._current_min_responses = min_responses or len(sites)
         self._current_num_targets = len(sites)
         self._current_failed_clients = failed
+
+
+def _accept_then(accept, deliver, result):
+    return deliver(accept(result))
 
 
 def _params_bytes(params) -> int:
