@@ -333,7 +333,7 @@ class ResumableFedAvg(FedAvg):
         if state and state.get("last_round") is not None:
             self.start_round = int(state["last_round"]) + 1
             self.num_rounds = max(0, self._total_rounds - self.start_round)
-            self.info(f"Resuming at round {self.start_round} of {self._total_rounds} ({self.num_rounds} round(s) left)"))
+            self.info(f"Resuming at round {self.start_round} of {self._total_rounds} ({self.num_rounds} round(s) left)")
         return model
 
     def update_model(self, model, aggr_result):
