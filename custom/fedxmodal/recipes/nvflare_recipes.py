@@ -46,7 +46,7 @@ def spec_file(spec_or_name) -> Path:
     if named.is_file():
         return named
     known = sorted(p.stem for p in SPEC_DIR.glob("*.json"))
-    raise ValueError(f"{spec_or_name}: no such spec file and no job of that name (known: {', '.join(known)})")
+    raise ValueError(f"no such spec file and no job of that name (known: {', '.join(known)})")
 
 
 def parse_overrides(items: Optional[Sequence[str]]) -> Dict[str, Any]:
