@@ -19,6 +19,7 @@ env starts. A provisioned site (``ProdEnv``) reads its own kit's configuration.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -80,7 +81,7 @@ def apply_overrides(spec: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[
 class FedXModalRecipe(Recipe):
     """The job a spec describes, as an NVFlare Recipe (the FedJob of :func:`build_job`, wrapped).
 
-    spec: a spec file or job name (default: the class's own job). num_rounds, min_clients,
+    spec: a spec file or job name (default: the class's own job), or flat spec keys. num_rounds, min_clients,
     seed (the sites' seed and the initial model's), method, method_args (replace the spec's):
     the knobs users change; overrides: any other spec key, dotted (``client_args.train.lr``).
     """
@@ -92,8 +93,11 @@ class FedXModalRecipe(Recipe):
     def __init__(self, spec=None, *, num_rounds: Optional[int] = None, min_clients: Optional[int] = None,
                  seed: Optional[int] = None, method: Optional[str] = None, method_args: Optional[dict] = None,
                  overrides: Optional[Mapping[str, Any]] = None, **knobs):
-        path = spec_file(spec or self.job_name)
-        flat = load_spec(path)
+        if isinstance(spec, Mapping):  # flat spec keys, as load_spec gives them
+            path, flat = None, copy.deepcopy(dict(spec))
+        else:
+            path = spec_file(spec or self.job_name)
+            flat = load_spec(path)
         given = dict(num_rounds=num_rounds, min_clients=min_clients, method=method, method_args=method_args, **knobs)
         for name, value in given.items():
             if value is not None and name not in self._KNOBS:
