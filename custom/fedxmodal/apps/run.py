@@ -14,9 +14,13 @@ global models and the cross-site results are.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 WORKSPACES = {"sim": "workspace/sim", "poc": "workspace/poc-env"}
@@ -126,3 +130,82 @@ def report_result(result: Path, env: str) -> None:
                       ("round metrics", "metrics/round_metrics.jsonl")):
         if (run / rel).is_file():
             print(f"  {what}: {run / rel}")
+
+
+# ------------------------------------------------------------------ SimEnv with its output in a log
+ROUND = re.compile(r"Round (\d+) started")
+
+
+@contextlib.contextmanager
+def scoped_environ(**values):
+    """Environment variables set for the processes started inside (SimEnv's simulator), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def output_to_log(log_path: Path, n_rounds: int, indent: str = "  "):
+    """This process's stdout and stderr -- and so the simulator's, which inherits them -- into
+    ``log_path``; round progress echoed on the console."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(1), "w")
+    log = open(log_path, "w")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    done, t0 = threading.Event(), time.perf_counter()
+
+    def follow():
+        with open(log_path) as f:
+            while True:
+                line = f.readline()
+                if not line:
+                    if done.is_set():
+                        return
+                    time.sleep(0.2)
+                    continue
+                m = ROUND.search(line)
+                if m:
+                    console.write(f"{indent}round {int(m.group(1)) + 1}/{n_rounds} started "
+                                  f"({time.perf_counter() - t0:.0f} s)\n")
+                    console.flush()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        done.set()
+        follower.join(10)
+        for fd in saved:
+            os.close(fd)
+        log.close()
+        console.close()
+
+
+def run_in_sim(recipe, sites, workspace_root: Path, log_path: Path, **environ) -> Path:
+    """``recipe`` in NVFlare's SimEnv (one thread per site) with ``environ`` set for its processes
+    and its output in ``log_path``; returns the server's run folder. Raises with the log's tail."""
+    from nvflare.recipe import SimEnv
+
+    env = SimEnv(clients=list(sites), workspace_root=str(workspace_root))
+    try:
+        with scoped_environ(**environ), output_to_log(log_path, recipe.spec.server.num_rounds):
+            result = recipe.run(env).get_result()
+    except RuntimeError as e:
+        tail = "".join(open(log_path).readlines()[-30:])
+        raise RuntimeError(f"{e}\nlog: {log_path}\n{tail}") from None
+    return Path(result) / "server" / "simulate_job"
