@@ -86,7 +86,7 @@ class FedXModalRecipe(Recipe):
     the knobs users change; overrides: any other spec key, dotted (``client_args.train.lr``).
     """
 
-    job_name = ""  # jobs/specs/<job_name>.json
+    spec_name = ""  # jobs/specs/<spec_name>: the job it builds by default
     _KNOBS = {"num_rounds": "num_rounds", "min_clients": "min_clients", "method": "client_args.method",
               "method_args": "client_args.train.method_args"}
 
@@ -96,7 +96,7 @@ class FedXModalRecipe(Recipe):
         if isinstance(spec, Mapping):  # flat spec keys, as load_spec gives them
             path, flat = None, copy.deepcopy(dict(spec))
         else:
-            path = spec_file(spec or self.job_name)
+            path = spec_file(spec or SPEC_DIR / self.spec_name)
             flat = load_spec(path)
         given = dict(num_rounds=num_rounds, min_clients=min_clients, method=method, method_args=method_args, **knobs)
         for name, value in given.items():
@@ -136,7 +136,7 @@ class FedGINRecipe(FedXModalRecipe):
     """FedGIN (``jobs/specs/fedgin.json``): FedAvg of a U-Net trained with GIN augmentation;
     ``method`` any supervised method of the registry (the comparison's baselines)."""
 
-    job_name = "fedgin"
+    spec_name = "fedgin.json"
     _KNOBS = {**FedXModalRecipe._KNOBS, "local_epochs": "client_args.local_epochs"}
 
 
@@ -144,18 +144,19 @@ class FedDARecipe(FedGINRecipe):
     """FedDA (``jobs/specs/fedda.json``; ``cyclic=True``: ``fedda_cyclic.json``): the U-Net plus a
     feature discriminator per site; ``adv_weight`` the adversarial weight."""
 
-    job_name = "fedda"
+    spec_name = "fedda.json"
+    cyclic_spec_name = "fedda_cyclic.json"
     _KNOBS = {**FedGINRecipe._KNOBS, "adv_weight": "client_args.train.method_args.adv_weight"}
 
     def __init__(self, spec=None, *, cyclic: bool = False, **knobs):
-        super().__init__(spec or ("fedda_cyclic" if cyclic else "fedda"), **knobs)
+        super().__init__(spec or SPEC_DIR / (self.cyclic_spec_name if cyclic else self.spec_name), **knobs)
 
 
 class FedCoWProRecipe(FedXModalRecipe):
     """FedCoWPro (``jobs/specs/fedcowpro.json``): self-supervised one-shot segmentation, no labels
     at the sites; ``method`` fedcowpro | cowpro | ssl_alpnet; ``local_steps`` episodes per round."""
 
-    job_name = "fedcowpro"
+    spec_name = "fedcowpro.json"
     _KNOBS = {**FedXModalRecipe._KNOBS, "local_steps": "client_args.local_steps"}
 
 
@@ -163,7 +164,7 @@ class FactoryRecipe(FedCoWProRecipe):
     """The data factory, phase 1 (``jobs/specs/factory.json``): a conditional GAN by FedAvg over
     sampled sites; ``local_steps`` G+D steps per round, ``clients_per_round`` sites sampled."""
 
-    job_name = "factory"
+    spec_name = "factory.json"
     _KNOBS = {**FedCoWProRecipe._KNOBS, "clients_per_round": "clients_per_round"}
 
 
@@ -171,14 +172,16 @@ class FactoryAdaptRecipe(FedCoWProRecipe):
     """The data factory, phase 2 (``jobs/specs/factory_adapt.json``): adaptation around phase 1's
     frozen generator (``factory_model``); no FedAvg rounds."""
 
-    job_name = "factory_adapt"
+    spec_name = "factory_adapt.json"
     _KNOBS = {"min_clients": "min_clients", "local_steps": "client_args.local_steps",
               "method_args": "client_args.train.method_args",
               "factory_model": "client_args.train.method_args.factory_model"}
 
 
-RECIPE_CLASSES = {"fedgin": FedGINRecipe, "fedda": FedDARecipe, "fedda_cyclic": FedDARecipe,
-                  "fedcowpro": FedCoWProRecipe, "factory": FactoryRecipe, "factory_adapt": FactoryAdaptRecipe}
+# job name (its spec file's stem) -> recipe class
+RECIPE_CLASSES = {Path(c.spec_name).stem: c
+                  for c in (FedGINRecipe, FedDARecipe, FedCoWProRecipe, FactoryRecipe, FactoryAdaptRecipe)}
+RECIPE_CLASSES[Path(FedDARecipe.cyclic_spec_name).stem] = FedDARecipe
 
 
 def recipe_for(spec_or_name, overrides: Optional[Mapping[str, Any]] = None) -> FedXModalRecipe:
