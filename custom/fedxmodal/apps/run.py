@@ -25,6 +25,7 @@ from pathlib import Path
 
 WORKSPACES = {"sim": "workspace/sim", "poc": "workspace/poc-env"}
 DEFAULT_SITES = ("ct-site", "mr-site")
+LOGIN_TIMEOUT = 30.0  # s; NVFlare's 5-10 s is short for a loaded machine
 
 
 def add_run_parser(sub) -> None:
@@ -87,11 +88,12 @@ def cmd_run(args) -> int:
 
 def make_env(args, job_name: str, sites, extra):
     """The execution environment of ``--env`` and whether it must be stopped after the job."""
-    from nvflare.recipe import PocEnv, ProdEnv, SimEnv
+    from nvflare.recipe import ProdEnv, SimEnv
 
     if args.env == "prod":
         kit = Path(args.startup_kit).resolve()
-        return ProdEnv(startup_kit_location=str(kit), username=args.username or kit.name, extra=extra), False
+        return ProdEnv(startup_kit_location=str(kit), username=args.username or kit.name, login_timeout=LOGIN_TIMEOUT,
+                       extra=extra), False
     root = Path(args.workspace or WORKSPACES[args.env]).resolve()
     if args.env == "sim":
         if not args.resume:  # the server's resumable checkpoint lives in the run's workspace
@@ -115,7 +117,7 @@ def poc_env(root: Path, sites, extra):
     # the POC's start scripts run `python3`: this one, which has NVFlare
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return PocEnv(clients=list(sites), num_clients=len(sites), project_conf_path=str(project),
-                  username=DEFAULT_ADMIN, extra=extra)
+                  username=DEFAULT_ADMIN, extra={**extra, "login_timeout": LOGIN_TIMEOUT})
 
 
 def report_result(result: Path, env: str) -> None:
