@@ -370,9 +370,9 @@ class ResumableFedAvg(FedAvg):
         if data is not None:
             data.total_rounds = self._total_rounds  # FedAvg.run() sets the rounds *left*
         if callback is not None and task_name == self.task_name:
-            payloads, deliver = self.site_payloads, callback  # (the lambda must not see callback rebound)
-            callback = self._in_site_order(deliver if payloads is None else
-                                           lambda result: deliver(payloads.accept(result)))
+            parts, deliver = self.site_payloads, callback  # (the lambda must see neither rebound)
+            callback = self._in_site_order(deliver if parts is None else
+                                           lambda result: deliver(parts.accept(result)))
         if self.site_payloads is None or task_name != self.task_name or data is None or callback is None:
             if data is not None and data.params:
                 self.info(f"round {self.current_round}: {task_name} payload_bytes={_params_bytes(data.params)} per site")
