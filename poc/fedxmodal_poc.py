@@ -144,18 +144,12 @@ def cmd_status(args) -> int:
 
 def _export_spec(args, fed) -> Path:
     from fedxmodal.recipes.export import export_job, load_spec
+    from fedxmodal.recipes.nvflare_recipes import apply_overrides, parse_overrides
 
-    spec = load_spec(args.job)
-    for key, text in _parse_pairs(args.set, "--set").items():
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        node = spec
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    try:  # the same --set as `python -m fedxmodal run`
+        spec = apply_overrides(load_spec(args.job), parse_overrides(args.set))
+    except ValueError as e:
+        raise SystemExit(f"error: {args.job}: {e}")
     return export_job(fed.root / "jobs", spec)
 
 

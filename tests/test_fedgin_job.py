@@ -28,7 +28,8 @@ def quick_demo(tmp_path_factory):
 def test_quick_demo_runs_fedgin_in_the_simulator(quick_demo):
     work, rc = quick_demo
     assert rc == 0
-    run = work / "workspace" / "server" / "simulate_job"
+    assert "'nvflare simulator' is deprecated" not in (work / "results" / "simulator.log").read_text()  # SimEnv
+    run = work / "workspace" / "fedgin" / "server" / "simulate_job"
     assert (run / "app_server" / "FL_global_model.pt").is_file()
     assert (run / "app_server" / "best_FL_global_model.pt").is_file()
     cse = json.loads((run / "cross_site_val" / "cross_val_results.json").read_text())
@@ -53,7 +54,7 @@ def test_quick_demo_runs_fedgin_in_the_simulator(quick_demo):
 
 def test_evaluate_and_segment_take_the_federated_model(quick_demo, tmp_path):
     work, _ = quick_demo
-    model = work / "workspace" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+    model = work / "workspace" / "fedgin" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
     job = work / "jobs" / "fedgin"
     assert main(["evaluate", "--model", str(model), "--job", str(job), str(work / "data" / "ct-site"),
                  str(work / "data" / "mr-site"), "--out", str(tmp_path / "ev")]) == 0
@@ -102,7 +103,7 @@ def test_a_seed_fixes_the_federated_run(quick_demo, tmp_path):
 
     work, _ = quick_demo
     assert main(["demo", "--workdir", str(tmp_path / "again"), "--quick", "--data", str(work / "data")]) == 0
-    rel = Path("workspace") / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+    rel = Path("workspace") / "fedgin" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
     a = torch.load(work / rel, weights_only=False)["model"]
     b = torch.load(tmp_path / "again" / rel, weights_only=False)["model"]
     assert a.keys() == b.keys()

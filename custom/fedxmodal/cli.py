@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .apps.factory_cli import add_factory_parser
 
     add_factory_parser(sub)
+    from .apps.run import add_run_parser  # run: any job as its NVFlare Recipe in SimEnv / PocEnv / ProdEnv
+
+    add_run_parser(sub)
     return p
 
 

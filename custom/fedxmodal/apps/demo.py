@@ -1,11 +1,10 @@
-"""``demo`` (what ``make demo`` runs): phantom data -> check -> FedGIN in ``nvflare simulator``
-with a CT site and an MR site -> evaluation of the final and best global models on both sites'
+"""``demo`` (what ``make demo`` runs): phantom data -> check -> FedGIN (its Recipe) in NVFlare's
+``SimEnv`` with a CT site and an MR site -> evaluation of the final and best global models on both sites'
 test volumes -> Dice table (markdown + JSON) and learning curve (PNG)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -14,13 +13,14 @@ from pathlib import Path
 from ..data.check import check_site
 from ..data.phantom import write_phantom_federation
 from ..data.slices import SiteSlices
-from ..deploy.simulator import run_simulator
 from ..recipes.export import export_job
+from ..recipes.nvflare_recipes import FedGINRecipe
 from ..recipes.spec import load_spec
 from .models import trainer_from_fl_model
 from ..metrics.report import dice_table, write_evaluation
 from .curves import plot_learning_curves, read_tb_scalars
 from .overlay import write_case_overlays
+from .run import run_in_sim
 
 REPO = Path(__file__).resolve().parents[3]
 SITES = ("ct-site", "mr-site")
@@ -64,15 +64,15 @@ def run_demo(args) -> int:
             return 1
 
     print(f"[2/4] FedGIN: {spec['num_rounds']} rounds x {spec['client_args']['local_epochs']} local epoch(s), "
-          "nvflare simulator, sites " + ", ".join(SITES), flush=True)
+          "NVFlare SimEnv, sites " + ", ".join(SITES), flush=True)
     job = export_job(work / "jobs", spec)
     workspace, ckpt = work / "workspace", work / "checkpoints"
     shutil.rmtree(workspace, ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)  # a demo starts fresh; resume is for interrupted jobs
-    env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(data), "FEDXMODAL_CHECKPOINT_DIR": str(ckpt),
-           "PYTHONUNBUFFERED": "1"}
-    wall = run_simulator(job, workspace, env, results / "simulator.log", spec["num_rounds"], sites=SITES)
-    run_dir = workspace / "server" / "simulate_job"
+    t_sim = time.perf_counter()
+    run_dir = run_in_sim(FedGINRecipe(spec), SITES, workspace, results / "simulator.log", FEDXMODAL_DATA_ROOT=data,
+                         FEDXMODAL_CHECKPOINT_DIR=ckpt, PYTHONUNBUFFERED=1)
+    wall = time.perf_counter() - t_sim
 
     print("[3/4] evaluating the final and best global models on both sites' test volumes", flush=True)
     sites = [SiteSlices(data / s, spec["client_args"]["structures"], progress=False) for s in SITES]
@@ -98,7 +98,7 @@ def run_demo(args) -> int:
     print("[4/4] tables and learning curve", flush=True)
     scalars = read_tb_scalars(run_dir / "tb_events")
     summary["curves"] = scalars
-    plot_learning_curves(scalars, results / "fedgin_curve.png", title="FedGIN (nvflare simulator)")
+    plot_learning_curves(scalars, results / "fedgin_curve.png", title="FedGIN (NVFlare SimEnv)")
     table = dice_table(rows, spec["client_args"]["structures"])
     md = (f"# FedGIN demo\n\nSites {data} (seed {args.seed}), {spec['num_rounds']} rounds x "
           f"{spec['client_args']['local_epochs']} local epoch(s), sites {', '.join(SITES)}; "
