@@ -108,3 +108,28 @@ def test_setting2_removes_training_slices_with_any_test_organ_and_quadrants():
     with pytest.raises(ValueError):
         quadrant_mask((4, 4), "up")
     assert organ_range(organ_volume(9, 2, 6)) == (2, 6)
+
+
+def test_in_range_protocol_margin_scores_slices_beyond_the_organ_range_clipped_to_the_volume():
+    """SSL-ALPNet records z_min - z_margin <= z <= z_max + z_margin (its config: z_margin = 0, the
+    default here); a margin adds the slices beyond each end, their chunk clipped to the nearest one."""
+    support_organ, query_organ = organ_volume(16, 3, 12), organ_volume(12, 2, 11)
+    support_img, query_img = _encoded_volume(16, support_organ, 100), _encoded_volume(12, query_organ, 0)
+    calls = []
+
+    def everywhere(encoder, s_img, s_mask, q_img):
+        zs, sup = q_img[:, 0, 0, 0].long(), (s_img[:, 0, 0, 0] - 100).long()
+        calls.extend(zip(zs.tolist(), sup.tolist()))
+        return torch.ones(len(zs), *query_organ.shape[1:], dtype=torch.bool)
+
+    default = evaluate_query(None, everywhere, support_img, support_organ, query_img, query_organ)
+    assert default["in_range"]["n_slices"] == 10  # exactly [2, 11]
+    calls.clear()
+    res = evaluate_query(None, everywhere, support_img, support_organ, query_img, query_organ, z_margin=1)
+    assert res["in_range"]["n_slices"] == 11  # [1, 11]: slice 12 is beyond the 12-slice volume
+    assert {(1, 4), (2, 4), (11, 11)} <= set(calls)  # slice 1 takes the first chunk's support slice
+    px = query_organ[0].numel()
+    assert res["in_range"]["fp"] == default["in_range"]["fp"] + px  # the extra slice holds no organ
+    assert res["whole_volume"] == default["whole_volume"]
+    with pytest.raises(ValueError):
+        evaluate_query(None, everywhere, support_img, support_organ, query_img, query_organ, z_margin=-1)

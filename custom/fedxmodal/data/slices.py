@@ -21,7 +21,9 @@ class SiteSlices:
         self.site = site if isinstance(site, SiteDataset) else SiteDataset.load(site)
         self.structures = tuple(structures)
         self.mapper = self.site.label_mapper(self.structures)
-        self.preprocessor = VolumePreprocessor(self.site.modality, config)
+        # slabs of one volume share its intensity statistics, cached beside the site's other caches
+        self.preprocessor = VolumePreprocessor(self.site.modality, config,
+                                               stats_cache=self.site.root / ".fedxmodal_cache" / "intensity")
         self.progress = progress
         self._volumes: dict[str, list[PreparedVolume]] = {}
 

@@ -5,9 +5,13 @@ slices z_list[int(p * len(z_list))] at p = 1/6, 1/2, 5/6. Each query slice z ins
 ground-truth organ range [z_min, z_max] gets chunk floor((z - z_min) / ((z_max - z_min) / 3)),
 clipped to 0..2, and is segmented with that support slice; TP/FP/FN summed over the volume give
 its 3D Dice (``in_range``: the published protocol, which uses the query's ground truth to pick
-slices). ``whole_volume``: every slice of the query is segmented, its chunk by relative position
-in the volume, floor(3 z / Z), so no ground truth is used. Dice is computed on the preprocessed
-slice grid, as SSL-ALPNet does (not resampled back to the file's grid).
+slices). The scored range is [z_min - z_margin, z_max + z_margin] clipped to the volume, a slice
+outside the organ range taking the nearest chunk; SSL-ALPNet's released code has ``z_margin = 0``
+(``config_ssl_upload.py``; ``validation.py`` records a slice when z_min - z_margin <= z <= z_max +
+z_margin), so exactly [z_min, z_max] is the default here too. ``whole_volume``: every slice of the
+query is segmented, its chunk by relative position in the volume, floor(3 z / Z), so no ground
+truth is used. Dice is computed on the preprocessed slice grid, as SSL-ALPNet does (not resampled
+back to the file's grid).
 
 Optional anatomical prior ("quadrant masking", CoWPro): the prediction is cut to the patient's
 side where the organ lies (``QUADRANT_PRIORS``); results are reported with and without it.
@@ -24,6 +28,9 @@ from .prototypes import PrototypeConfig, batch_logits
 
 # Side of the patient an organ lies on. Slices from fedxmodal.data.preprocess are RAS: the first
 # in-plane axis (dim -2) runs from the patient's left to right.
+# Slices scored beyond each end of the query's organ range by the in-range protocol (SSL-ALPNet's default).
+Z_MARGIN = 0
+
 QUADRANT_PRIORS = {"liver": "right", "kidney_right": "right", "gallbladder": "right",
                    "spleen": "left", "kidney_left": "left"}
 
@@ -112,7 +119,7 @@ def _dice(tp, fp, fn) -> float:
 
 def evaluate_query(encoder: torch.nn.Module, predictor: Predictor, support_images: torch.Tensor,
                    support_organ: torch.Tensor, query_images: torch.Tensor, query_organ: torch.Tensor,
-                   prior: torch.Tensor | None = None, n_parts: int = 3) -> dict:
+                   prior: torch.Tensor | None = None, n_parts: int = 3, z_margin: int = Z_MARGIN) -> dict:
     """One organ, one query volume.
 
     Args:
@@ -121,6 +128,8 @@ def evaluate_query(encoder: torch.nn.Module, predictor: Predictor, support_image
         query_images: (Zq, 1, H, W); query_organ: (Zq, H, W) bool ground truth.
         prior: optional (H, W) bool region the organ may occupy (``quadrant_mask``).
         n_parts: support slices / chunks (3).
+        z_margin: the in-range protocol scores [z_min - z_margin, z_max + z_margin], clipped to the
+            volume (slices outside the organ range take the nearest chunk, as in SSL-ALPNet).
 
     Returns:
         {"in_range": {...}, "whole_volume": {...}} (plus "in_range_prior", "whole_volume_prior"
@@ -133,7 +142,10 @@ def evaluate_query(encoder: torch.nn.Module, predictor: Predictor, support_image
     sup_idx = support_slice_indices(support_organ, n_parts)
     z_min, z_max = organ_range(query_organ)
     n_q = query_images.shape[0]
-    plans = {"in_range": [(z, chunk_in_range(z, z_min, z_max, n_parts)) for z in range(z_min, z_max + 1)],
+    if z_margin < 0:
+        raise ValueError(f"z_margin must be >= 0, got {z_margin}")
+    lo, hi = max(z_min - z_margin, 0), min(z_max + z_margin, query_images.shape[0] - 1)
+    plans = {"in_range": [(z, chunk_in_range(z, z_min, z_max, n_parts)) for z in range(lo, hi + 1)],
              "whole_volume": [(z, chunk_by_position(z, n_q, n_parts)) for z in range(n_q)]}
     pairs = sorted(set(plans["in_range"]) | set(plans["whole_volume"]))
     zs = [z for z, _ in pairs]
@@ -158,7 +170,7 @@ def evaluate_query(encoder: torch.nn.Module, predictor: Predictor, support_image
 
 def evaluate_oneshot(encoder: torch.nn.Module, predictor: Predictor, support: tuple[torch.Tensor, torch.Tensor],
                      queries: list[tuple[torch.Tensor, torch.Tensor]], organs: dict[str, int],
-                     use_priors: bool = True, n_parts: int = 3) -> dict:
+                     use_priors: bool = True, n_parts: int = 3, z_margin: int = Z_MARGIN) -> dict:
     """Every organ on every query volume, with one labelled support volume.
 
     Args:
@@ -166,6 +178,7 @@ def evaluate_oneshot(encoder: torch.nn.Module, predictor: Predictor, support: tu
         queries: [(images, labels)] of the query volumes (the support volume excluded).
         organs: organ name -> class index in the labels.
         use_priors: also report with ``QUADRANT_PRIORS`` (organs without a prior: same as without).
+        z_margin: slices scored beyond the organ range by the in-range protocol (``evaluate_query``).
 
     Returns:
         {"per_volume": {organ: [evaluate_query result, ...]}, "mean": {organ: {setting: mean Dice}},
@@ -178,7 +191,7 @@ def evaluate_oneshot(encoder: torch.nn.Module, predictor: Predictor, support: tu
         if use_priors and prior is None:
             prior = torch.ones(tuple(support[0].shape[-2:]), dtype=torch.bool)
         per_volume[organ] = [evaluate_query(encoder, predictor, support[0], support[1] == cls, images,
-                                            labels == cls, prior=prior, n_parts=n_parts)
+                                            labels == cls, prior=prior, n_parts=n_parts, z_margin=z_margin)
                              for images, labels in queries if bool((labels == cls).any())]
     settings = ["in_range", "whole_volume"] + (["in_range_prior", "whole_volume_prior"] if use_priors else [])
     mean = {o: {s: float(np.mean([r[s]["dice"] for r in rs])) if rs else float("nan") for s in settings}
