@@ -32,7 +32,7 @@ from skimage.segmentation import felzenszwalb, mark_boundaries, relabel_sequenti
 log = logging.getLogger(__name__)
 
 # bump when the recipe below (or the slices it reads) changes, so stale caches are ignored; 2: slabs
-# are normalised with their whole volume's statistics (issue 30)
+# are normalised with their whole volume's statistics
 CACHE_VERSION = 2
 CT_BODY_THRESHOLD = 5.0  # 0-255 scale; the CT window's floor (-125 HU, air) maps to 0, fat to ~16
 
