@@ -1,4 +1,4 @@
-"""Seed 000's baselines through the supervised trainer: every method trains through it; DSBN routes each
+"""The federated GIN paper's baselines through the supervised trainer: every method trains through it; DSBN routes each
 site to its own BatchNorm branch; Dual-Norm picks the right branch for source-like and
 source-unlike slices; FedBN keeps BatchNorm out of the average and at the sites; FedDG's bank
 draws only other domains' spectra in the centralized regime."""

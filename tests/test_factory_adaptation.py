@@ -1,4 +1,4 @@
-"""The data factory, phase 2 (seed 002): the inversion encoder and feature head
+"""The federated multimodal data factory, phase 2 (Galati et al., MICCAI 2024): the inversion encoder and feature head
 (networks/gan_inversion.py), the adaptation trainer (engine/adaptation.py) and the method side
 (methods/factory/adaptation.py), on a tiny untrained generator (16 px, 32 channels) so that the
 file runs in seconds on one core."""
@@ -194,13 +194,13 @@ def test_checkpoint_round_trip_reproduces_predictions(generator, tmp_path):
     assert back.meta == {"role": "target"}
 
 
-def test_method_registered_local_only_and_out_of_the_supervised_grid():
+def test_method_registered_local_only_and_out_of_the_comparison_grid():
     cls = METHODS[AdaptationMethod.name]
     assert cls is AdaptationMethod and cls.trainer is AdaptationTrainer and cls.needs_labels
     assert cls.regimes == ("local",)
     from fedxmodal.apps.compare import CompareGrid
 
-    with pytest.raises(ValueError, match="unknown or self-supervised"):
+    with pytest.raises(ValueError, match="without a federated regime"):
         CompareGrid(data=None, out=None, task="abdomen", quick=True, methods=[AdaptationMethod.name])
 
 

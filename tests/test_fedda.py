@@ -1,4 +1,4 @@
-"""FedDA (seed 001) and FedProx: the adversarial trainer's two steps each change only what they
+"""FedDA (arXiv 2509.23907) and FedProx: the adversarial trainer's two steps each change only what they
 should, the reference encoder gets no gradient, the ring schedule, the shared discriminator
 averaged apart from the model, a site's payload handling, the output guard of a cyclic job, and
 (slow) the cyclic workflow in the simulator with 3 sites plus the joint and cyclic jobs on a tiny
