@@ -20,7 +20,7 @@ foreground training slices of 128x128 with the job's preprocessing):
 3. NVFlare overhead at 2 sites -- wall time of a real ``nvflare simulator`` run (``-n 2 -t 2``)
    of the FedGIN job exported from ``jobs/specs/fedgin.json`` with ``num_rounds=R``,
    ``local_epochs=1``, everything else as committed (cross-site evaluation on, 1 torch thread per
-   site) vs the same rounds run as plain loops in a fresh Python process (both sites'
+   site) vs the same rounds run as plain loops in a fresh Python process (``plain.py``: both sites'
    engines: per round validation of the global model + 1 epoch + in-process FedAvg of the state
    dicts, sites in sequence, 1 torch thread), reported as the sequential time and as the
    "parallel-equivalent" time (per round, the slower site; the simulator runs the 2 sites in
@@ -31,68 +31,21 @@ foreground training slices of 128x128 with the job's preprocessing):
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import math
 import os
 import platform
-import re
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
-import zlib
 from datetime import datetime
 from pathlib import Path
 
-_CHILD_T0 = time.time()  # process start (stdlib imports only so far); used by --plain-child
-REPO = Path(__file__).resolve().parents[1]
-SPEC = REPO / "jobs" / "specs" / "fedgin.json"
-SITES = ("ct-site", "mr-site")
-_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-# float(loss) on a tensor that requires grad warns once per process in torch 2.13; not our figure.
-warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-
-
-def children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def self_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def load1() -> float:
-    return os.getloadavg()[0]
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def job_settings():
-    """The committed FedGIN spec and what the engine needs from it."""
-    from fedxmodal.recipes.spec import load_spec
-    from fedxmodal.networks.unet import UNetConfig
-
-    spec = load_spec(str(SPEC))
-    ca = spec["client_args"]
-    # The site keeps only the U-Net's shape from the model spec (not n_structures, init_seed, ...).
-    fields = {f.name for f in dataclasses.fields(UNetConfig)}
-    network = {k: v for k, v in spec["model"]["args"].items() if k in fields}
-    return spec, tuple(ca["structures"]), network, dict(ca.get("train", {})), dict(ca.get("preprocess", {}))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (fedgin_spec, fmt, job_settings, load1, median, parse_simulator_logs, say,  # noqa: E402
+                    self_cpu_s, simulate, table)
+from plain import run_plain, summarize_plain  # noqa: E402
 
 
 # ============================================================== 1 + 2: engine vs bare loop, GIN
@@ -158,6 +111,7 @@ def bench_engine(images, labels, structures, network, train, threads, reps, epoc
     """Interleaved repetitions of 5 variants; returns {variant: [slices/s per rep]}."""
     import torch
 
+    from fedxmodal.engine.base import SliceData
     from fedxmodal.engine.supervised import TrainConfig
     from fedxmodal.methods import build_trainer
     from fedxmodal.networks.unet import UNetConfig
@@ -171,7 +125,7 @@ def bench_engine(images, labels, structures, network, train, threads, reps, epoc
         tc = TrainConfig.from_dict({**train, "method": method, "method_args": gin_args if method == "gin" else {},
                                     "spatial_augment": spatial, "seed": seed, "amp": False})
         eng = build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu")
-        return lambda: eng.fit(images, labels, epochs=epochs_per_rep, progress=False)
+        return lambda: eng.fit(SliceData(images, labels), epochs=epochs_per_rep)
 
     def bare(with_gin):
         loop = BareLoop(structures, network, train, gin_args if with_gin else None, seed=seed)
@@ -222,216 +176,17 @@ def bench_gin_share(images, labels, structures, network, train, threads, steps, 
     return timings
 
 
-# ============================================================== 3: NVFlare simulator vs plain loops
-def _ts(line: str):
-    m = _TS.match(line)
-    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if m else None
-
-
-def _log_events(path: Path, patterns: dict) -> dict:
-    """{name: [timestamps of the lines matching the regex (or of the last timestamped line before
-    it: NVFlare prints banners such as "Round 1 started." on untimed lines)]}."""
-    out = {k: [] for k in patterns}
-    regexes = {k: re.compile(v) for k, v in patterns.items()}
-    prev = None
-    for line in path.read_text(errors="replace").splitlines():
-        t = _ts(line)
-        if t is not None:
-            prev = t
-        for name, rx in regexes.items():
-            if prev is not None and rx.search(line):
-                out[name].append(prev)
-    return out
-
-
-def parse_simulator_logs(ws: Path, t0: float, t_exit: float, rounds: int) -> dict:
-    srv = _log_events(ws / "server" / "log.txt", {
-        "round": r"Round \d+ started\.", "fedavg_done": r"Finished FedAvg", "cse_done": r"ABOUT_TO_END_RUN fired",
-    })
-    rstarts = srv["round"]  # "Round r started." banners, in order
-    site_init, site_ready = [], []
-    for site in SITES:
-        ev = _log_events(ws / site / "log.txt", {"init": re.escape(f"[{site}] seed="), "ready": r"training slices"})
-        site_init.append(ev["init"][0])
-        site_ready.append(ev["ready"][0])
-    # Train tasks: server hands a task to a site -> gets its result (the site's busy time, model
-    # download/upload included), paired by task id; sites take part in every round.
-    sent, got, prev = {}, {}, None
-    rx_sent = re.compile(r"return task to client\.\s+client_name: (\S+)\s+task_name: train\s+task_id: (\S+)")
-    rx_got = re.compile(r"got result from client (\S+) for task: name=train, id=([\w-]+)")
-    for line in (ws / "server" / "log.txt").read_text(errors="replace").splitlines():
-        prev = _ts(line) or prev
-        if (m := rx_sent.search(line)) and m.group(2) not in sent:
-            sent[m.group(2)] = prev
-        elif (m := rx_got.search(line)) and m.group(2) not in got:
-            got[m.group(2)] = prev
-    tasks = sorted((sent[i], got[i]) for i in sent if i in got)
-    busy = [max(g - s for s, g in tasks[k:k + len(SITES)]) for k in range(0, len(tasks), len(SITES))]
-    ends = rstarts[1:rounds] + [srv["fedavg_done"][-1]]
-    durations = [e - b for b, e in zip(rstarts[:rounds], ends)]
-    t_server_up = rstarts[0]  # server ready, round 0 scheduled
-    t_ready = max(site_ready)
-    t_fedavg = srv["fedavg_done"][-1]
-    t_cse = srv["cse_done"][-1] if srv["cse_done"] else t_fedavg
-    steady = (t_fedavg - rstarts[1]) / (rounds - 1) if rounds > 1 and len(rstarts) > 1 else float("nan")
-    return {
-        "wall_s": t_exit - t0,
-        "startup_s": t_ready - t0,  # launch -> both sites loaded their data and built the engine
-        "startup_server_s": t_server_up - t0,  # CLI start, server up, job deployed, round 0 scheduled
-        "startup_site_imports_s": max(site_init) - t_server_up,  # client processes spawned, imports, flare.init
-        "startup_site_data_s": t_ready - max(site_init),  # data preparation + engine build at the sites
-        "rounds_s": t_fedavg - t_ready,  # all R rounds (site ready -> FedAvg finished)
-        "round0_s": rstarts[1] - t_ready if len(rstarts) > 1 else t_fedavg - t_ready,
-        "per_round_steady_s": steady,  # mean of rounds 1..R-1 (server: round start -> next round start)
-        # of which the slower site was busy (task handed out -> result received), rounds 1..R-1,
-        # and the rest: NVFlare's scheduling, polling and aggregation
-        "per_round_site_busy_s": statistics.mean(busy[1:rounds]) if rounds > 1 else float("nan"),
-        "per_round_fl_gap_s": statistics.mean(d - b for d, b in zip(durations[1:], busy[1:rounds]))
-        if rounds > 1 else float("nan"),
-        "cse_s": t_cse - t_fedavg,
-        "teardown_s": t_exit - t_cse,
-    }
-
-
+# ============================================================== 3: NVFlare simulator (vs plain.py's loops)
 def run_simulator(tmp: Path, rep: int, rounds: int, data_root: Path, timeout: int) -> dict:
-    from fedxmodal.deploy.simulator import run_simulator as run_nvflare_simulator
-    from fedxmodal.recipes.export import export_job, load_spec
-
-    spec = load_spec(str(SPEC))
-    spec["num_rounds"] = rounds
-    spec["client_args"] = {**spec["client_args"], "local_epochs": 1}
-    job = export_job(tmp / f"jobs{rep}", spec)
-    ws = tmp / f"ws{rep}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
-    env.update(FEDXMODAL_DATA_ROOT=str(data_root), FEDXMODAL_CHECKPOINT_DIR=str(tmp / f"ckpt{rep}"))
-    log = tmp / f"simulator{rep}.out.txt"
-    cpu0, t0 = children_cpu_s(), time.time()
-    run_nvflare_simulator(job, ws, env, log, rounds, SITES, timeout=timeout, echo=False, cwd=tmp)
-    t_exit, cpu = time.time(), children_cpu_s() - cpu0
-    cse = ws / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
-    if not cse.is_file():
-        raise RuntimeError(f"nvflare simulator wrote no cross-site results ({cse}); see {log}")
-    out = parse_simulator_logs(ws, t0, t_exit, rounds)
+    """The FedGIN job, ``rounds`` x 1 epoch, in the simulator; its wall time split from its logs."""
+    run, t0, t_exit, cpu = simulate(fedgin_spec(rounds, local_epochs=1), tmp / f"run{rep}", data_root, timeout)
+    out = parse_simulator_logs(run.workspace, t0, t_exit, rounds)
     out["cpu_s"] = cpu  # user+system CPU of the simulator and all its processes
-    out["cse_results"] = sum(len(v) for v in json.loads(cse.read_text()).values())
+    out["cse_results"] = sum(len(v) for v in run.cross_site.values())
     return out
-
-
-def run_plain(tmp: Path, rounds: int, data_root: Path, timeout: int) -> dict:
-    """The same rounds without NVFlare, in a fresh Python process (so imports count, as in the sites)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-child", str(data_root), "--rounds", str(rounds)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
-    cpu0, t0 = children_cpu_s(), time.time()
-    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=timeout)
-    t_exit, cpu = time.time(), children_cpu_s() - cpu0
-    if proc.returncode != 0:
-        raise RuntimeError(f"plain loop failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["wall_s"] = t_exit - t0
-    res["cpu_s"] = cpu
-    res["startup_s"] = res.pop("t_ready") - t0  # launch -> data loaded, engines built (like the sites)
-    return res
-
-
-def plain_site(name: str, data_root) -> dict:
-    """One site without NVFlare, set up as the FedGIN job's site script does: the site's seed (as
-    ``init_site``), its slices (validation and test volumes prepared), the method's trainer with the
-    job's settings and torch threads. Returns {"data", "x", "y", "engine"}."""
-    import torch
-
-    from fedxmodal.data.preprocess import PreprocessConfig
-    from fedxmodal.data.slices import SiteSlices
-    from fedxmodal.engine.base import seed_everything
-    from fedxmodal.engine.supervised import TrainConfig
-    from fedxmodal.methods import build_trainer
-    from fedxmodal.networks.unet import UNetConfig
-
-    spec, structures, network, train, preprocess = job_settings()
-    ca = spec["client_args"]
-    torch.set_num_threads(int(ca.get("num_threads", 1)) or 1)  # the job's per-site setting
-    seed = int(ca.get("seed", 0)) + zlib.crc32(name.encode()) % 100_000  # as init_site
-    seed_everything(seed)
-    data = SiteSlices(Path(data_root) / name, structures, PreprocessConfig.from_dict(preprocess), progress=False)
-    x, y = data.slices("training", foreground_only=True)
-    data.volumes("validation")
-    data.volumes("test")
-    tc = TrainConfig.from_dict({**train, "method": ca.get("method", "gin"), "seed": seed})
-    return dict(data=data, x=x, y=y, engine=build_trainer(structures, UNetConfig.from_dict(network), tc, device="cpu"))
-
-
-def plain_child(data_root: str, rounds: int) -> None:
-    """Child process of run_plain: R rounds of (validate global, 1 epoch, FedAvg) for both sites in
-    sequence, then the cross-site evaluation's work (each site: 4 models on its test split)."""
-    from fedxmodal.methods.site_runners import aggregate_metrics
-    from fedxmodal.utils import instantiate
-
-    t_imports = time.time()
-    spec = job_settings()[0]
-    sites = {name: plain_site(name, data_root) for name in SITES}
-    t_ready = time.time()
-    glob = instantiate(spec["model"]).state_dict()
-    best, best_dice = copy.deepcopy(glob), -1.0
-    per_round = []
-    for rnd in range(rounds):
-        site_s, vals, states, weights = {}, [], [], []
-        for name, s in sites.items():
-            t = time.perf_counter()
-            eng = s["engine"]
-            eng.set_weights(glob)
-            vals.append(aggregate_metrics(eng.evaluate(s["data"], "validation"))["dice"])
-            eng.fit(s["x"], s["y"], epochs=1, progress=False)
-            s["local"] = eng.get_weights()
-            states.append(s["local"])
-            weights.append(len(s["x"]))
-            site_s[name] = time.perf_counter() - t
-        t = time.perf_counter()
-        tot = float(sum(weights))
-        dice = sum(w * v for w, v in zip(weights, vals)) / tot
-        if rnd > 0 and dice > best_dice:  # the selector skips round 0
-            best, best_dice = glob, dice
-        new = {}
-        for k, ref in glob.items():
-            avg = sum(w * st[k].double() for w, st in zip(weights, states)) / tot
-            new[k] = avg.round().to(ref.dtype) if not ref.is_floating_point() else avg.to(ref.dtype)
-        glob = new
-        per_round.append({"sites_s": site_s, "fedavg_s": time.perf_counter() - t})
-    t_rounds = time.time()
-    models = {"SRV_FL_global_model": glob, "SRV_best_FL_global_model": best,
-              **{name: s["local"] for name, s in sites.items()}}
-    cse_site_s = {}
-    for name, s in sites.items():
-        t = time.perf_counter()
-        for w in models.values():
-            s["engine"].set_weights(w)
-            aggregate_metrics(s["engine"].evaluate(s["data"], "test"))
-        cse_site_s[name] = time.perf_counter() - t
-    t_end = time.time()
-    print(json.dumps({"t_ready": t_ready, "imports_s": t_imports - _CHILD_T0, "setup_s": t_ready - t_imports,
-                      "per_round": per_round, "rounds_wall_s": t_rounds - t_ready, "cse_site_s": cse_site_s,
-                      "cse_wall_s": t_end - t_rounds, "process_s": t_end - _CHILD_T0}))
-
-
-def summarize_plain(p: dict) -> dict:
-    seq = sum(sum(r["sites_s"].values()) + r["fedavg_s"] for r in p["per_round"])
-    par = sum(max(r["sites_s"].values()) + r["fedavg_s"] for r in p["per_round"])
-    steady = [max(r["sites_s"].values()) + r["fedavg_s"] for r in p["per_round"][1:]]
-    return {"rounds_seq_s": seq, "rounds_par_s": par,
-            "per_round_par_steady_s": statistics.mean(steady) if steady else float("nan"),
-            "cse_seq_s": sum(p["cse_site_s"].values()), "cse_par_s": max(p["cse_site_s"].values()),
-            "startup_s": p["startup_s"], "wall_s": p["wall_s"], "cpu_s": p["cpu_s"]}
 
 
 # ============================================================== main
-def fmt(x, nd=2):
-    return "n/a" if x is None or x != x else f"{x:.{nd}f}"
-
-
-def table(rows, header):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -451,7 +206,6 @@ def main(argv=None) -> int:
     p.add_argument("--skip-fl", action="store_true", help="skip part 3")
     p.add_argument("--timeout", type=int, default=600, help="per simulator / plain run (s)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, jobs, simulator workspaces)")
-    p.add_argument("--plain-child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (5 if q else 7)
@@ -459,9 +213,6 @@ def main(argv=None) -> int:
     a.steps = a.steps or (15 if q else 30)
     a.rounds = a.rounds or (3 if q else 5)
     a.fl_reps = a.fl_reps or (1 if q else 2)
-    if a.plain_child:
-        plain_child(a.plain_child, a.rounds)
-        return 0
 
     import torch
 
@@ -482,7 +233,7 @@ def main(argv=None) -> int:
     say(f"FedGIN benchmark ({env_info['mode']}): {env_info['cpus']} CPUs, torch {torch.__version__}, "
         f"threads {a.threads}, reps {a.reps} x {a.epochs_per_rep} epoch(s), GIN steps {a.steps}, "
         f"FL {a.rounds} rounds x {a.fl_reps} run(s)")
-    results = {"env": env_info, "settings": {k: v for k, v in vars(a).items() if k != "plain_child"},
+    results = {"env": env_info, "settings": vars(a),
                "load1": {"start": load1()}}
     if results["load1"]["start"] > 0.5 * (os.cpu_count() or 1):
         say(f"WARNING: 1-min load average {results['load1']['start']:.2f} on {os.cpu_count()} CPUs: "

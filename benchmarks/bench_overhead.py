@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import re
 import shutil
 import statistics
@@ -38,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_fedgin as bf  # noqa: E402  (the same data, job settings, log parsing and plain process)
+import common as bc  # noqa: E402  (the same data, job settings, log parsing and simulator run)
+import plain  # noqa: E402  (bench_fedgin.py's sequential plain process and its site)
 
 _TIMINGS = re.compile(r"\[(\S+)\] round (\d+) timings: validate ([\d.]+) s, train ([\d.]+) s, send ([\d.]+) s")
 
@@ -61,57 +61,28 @@ def site_round_timings(ws: Path) -> dict:
     """{round: {site: (t_start, validate, train, send)}} from the sites' ``timings`` lines
     (t_start = the line's time minus the three parts: when the site got the model)."""
     out: dict = {}
-    for site in bf.SITES:
+    for site in bc.SITES:
         for line in (ws / site / "log.txt").read_text(errors="replace").splitlines():
             m = _TIMINGS.search(line)
-            t = bf._ts(line)
+            t = bc.log_time(line)
             if m and t is not None:
                 val, train, send = (float(m.group(i)) for i in (3, 4, 5))
                 out.setdefault(int(m.group(2)), {})[site] = (t - val - train - send, val, train, send)
     return out
 
 
-def train_task_times(ws: Path) -> dict:
-    """{(site, round index): (task sent, result received)} from the server log, in order per site."""
-    sent, got, prev = {}, {}, None
-    rx_sent = re.compile(r"return task to client\.\s+client_name: (\S+)\s+task_name: train\s+task_id: (\S+)")
-    rx_got = re.compile(r"got result from client (\S+) for task: name=train, id=([\w-]+)")
-    for line in (ws / "server" / "log.txt").read_text(errors="replace").splitlines():
-        prev = bf._ts(line) or prev
-        if (m := rx_sent.search(line)) and m.group(2) not in sent:
-            sent[m.group(2)] = (m.group(1), prev)
-        elif (m := rx_got.search(line)) and m.group(2) not in got:
-            got[m.group(2)] = prev
-    per_site: dict = {}
-    for tid, (site, t) in sorted(sent.items(), key=lambda kv: kv[1][1]):
-        if tid in got:
-            per_site.setdefault(site, []).append((t, got[tid]))
-    return {(s, r): v for s, lst in per_site.items() for r, v in enumerate(lst)}
-
-
 def run_variant(tmp: Path, tag: str, overrides: dict, rounds: int, data_root: Path, timeout: int) -> dict:
-    from fedxmodal.deploy.simulator import run_simulator
-    from fedxmodal.recipes.export import export_job
-    from fedxmodal.recipes.spec import load_spec
-
-    spec = load_spec(str(bf.SPEC))
-    spec["num_rounds"] = rounds
-    spec["client_args"] = {**spec["client_args"], "local_epochs": 1}
-    spec.update(overrides)
-    job = export_job(tmp / f"jobs_{tag}", spec)
-    ws = tmp / f"ws_{tag}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
-    env.update(FEDXMODAL_DATA_ROOT=str(data_root), FEDXMODAL_CHECKPOINT_DIR=str(tmp / f"ckpt_{tag}"))
-    cpu0, t0 = bf.children_cpu_s(), time.time()
-    run_simulator(job, ws, env, tmp / f"simulator_{tag}.txt", rounds, bf.SITES, timeout=timeout, echo=False, cwd=tmp)
-    out = bf.parse_simulator_logs(ws, t0, time.time(), rounds)
-    out["cpu_s"] = bf.children_cpu_s() - cpu0
+    run, t0, t_exit, cpu = bc.simulate(bc.fedgin_spec(rounds, local_epochs=1, **overrides), tmp / f"run_{tag}",
+                                       data_root, timeout)
+    ws = run.workspace
+    out = bc.parse_simulator_logs(ws, t0, t_exit, rounds)
+    out["cpu_s"] = cpu
     # per round (1..R-1, as bench_fedgin): the slower site's work, its hand-over, NVFlare's gap
-    timings, tasks = site_round_timings(ws), train_task_times(ws)
+    timings, tasks = site_round_timings(ws), bc.train_task_times(ws)
     work, handover = [], []
     for r in range(1, rounds):
         per_site = []
-        for site in bf.SITES:
+        for site in bc.SITES:
             t_start, val, train, send = timings[r][site]
             sent, got = tasks[(site, r)]
             per_site.append((got - sent, val + train, (t_start - sent) + (got - (t_start + val + train))))
@@ -127,9 +98,10 @@ def run_variant(tmp: Path, tag: str, overrides: dict, rounds: int, data_root: Pa
 def _site_worker(site: str, data_root: str, conn) -> None:
     """One site without NVFlare: load data, build the engine (the site's seed as init_site), then
     per message: set weights, validate, train 1 epoch, send weights back; or evaluate models (CSE)."""
+    from fedxmodal.engine.base import SliceData
     from fedxmodal.methods.site_runners import aggregate_metrics
 
-    site_ = bf.plain_site(site, data_root)
+    site_ = plain.plain_site(site, data_root)
     data, x, y, eng = site_["data"], site_["x"], site_["y"], site_["engine"]
     conn.send(("ready", len(x)))
     while True:
@@ -140,7 +112,7 @@ def _site_worker(site: str, data_root: str, conn) -> None:
         if kind == "round":
             eng.set_weights(payload)
             dice = aggregate_metrics(eng.evaluate(data, "validation"))["dice"]
-            eng.fit(x, y, epochs=1, progress=False)
+            eng.fit(SliceData(x, y), epochs=1)
             conn.send((eng.get_weights(), dice, time.perf_counter() - t))
         else:  # "cse": evaluate every model on the test split
             for w in payload:
@@ -154,11 +126,11 @@ def run_plain_parallel(rounds: int, data_root: Path) -> dict:
     the parent averages the weights (weighted by training slices) each round."""
     from fedxmodal.utils import instantiate
 
-    spec = bf.job_settings()[0]
+    spec = bc.job_settings()[0]
     ctx = mp.get_context("spawn")
     t0 = time.time()
     pipes, procs = [], []
-    for site in bf.SITES:
+    for site in bc.SITES:
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_site_worker, args=(site, str(data_root), child), daemon=True)
         p.start()
@@ -213,31 +185,31 @@ def main(argv=None) -> int:
     from fedxmodal.data.phantom import write_phantom_federation
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_overhead."))
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "load1_start": bf.load1(), "argv": sys.argv[1:],
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "load1_start": bc.load1(), "argv": sys.argv[1:],
                  "sim": {n: [] for n, _ in variants}, "plain_parallel": [], "plain_seq": []}
     try:
         write_phantom_federation(tmp / "data", seed=0, n_train=2, n_val=1, n_test=1, progress=False)
         for rep in range(a.reps):
             for name, over in variants:
-                bf.say(f"rep {rep + 1}/{a.reps}: simulator, variant {name} {over or ''}")
+                bc.say(f"rep {rep + 1}/{a.reps}: simulator, variant {name} {over or ''}")
                 s = run_variant(tmp, f"{name}{rep}", over, a.rounds, tmp / "data", a.timeout)
                 res["sim"][name].append(s)
-                bf.say(f"  wall {s['wall_s']:.1f} s, per round {s['per_round_steady_s']:.2f} s "
+                bc.say(f"  wall {s['wall_s']:.1f} s, per round {s['per_round_steady_s']:.2f} s "
                        f"(work {s['per_round_work_s']:.2f}, hand-over {s['per_round_handover_s']:.2f}, "
                        f"gap {s['per_round_fl_gap_s']:.2f})")
-            bf.say(f"rep {rep + 1}/{a.reps}: plain-parallel (2 processes)")
+            bc.say(f"rep {rep + 1}/{a.reps}: plain-parallel (2 processes)")
             pp = run_plain_parallel(a.rounds, tmp / "data")
             res["plain_parallel"].append(pp)
-            bf.say(f"  wall {pp['wall_s']:.1f} s, per round {pp['per_round_s']:.2f} s (work {pp['per_round_work_s']:.2f})")
-            bf.say(f"rep {rep + 1}/{a.reps}: plain, sites in sequence (bench_fedgin)")
-            pl = bf.run_plain(tmp, a.rounds, tmp / "data", a.timeout)
-            res["plain_seq"].append(bf.summarize_plain(pl))
+            bc.say(f"  wall {pp['wall_s']:.1f} s, per round {pp['per_round_s']:.2f} s (work {pp['per_round_work_s']:.2f})")
+            bc.say(f"rep {rep + 1}/{a.reps}: plain, sites in sequence (bench_fedgin)")
+            pl = plain.run_plain(tmp, a.rounds, tmp / "data", a.timeout)
+            res["plain_seq"].append(plain.summarize_plain(pl))
     finally:
         if a.keep:
-            bf.say(f"kept {tmp}")
+            bc.say(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    res["load1_end"] = bf.load1()
+    res["load1_end"] = bc.load1()
     med = statistics.median
     PP = {k: med([r[k] for r in res["plain_parallel"]]) for k in res["plain_parallel"][0]}
     PS = {k: med([r[k] for r in res["plain_seq"]]) for k in res["plain_seq"][0]}
@@ -250,7 +222,7 @@ def main(argv=None) -> int:
          for n, runs in res["sim"].items()}
 
     def row(what, key, plain=None, nd=2):
-        rows.append([what, *[bf.fmt(S[n][key], nd) for n, _ in variants], "" if plain is None else bf.fmt(plain, nd)])
+        rows.append([what, *[bc.fmt(S[n][key], nd) for n, _ in variants], "" if plain is None else bc.fmt(plain, nd)])
 
     row("whole run, wall", "wall_s", PP["wall_s"], 1)
     row("start-up: launch -> both sites ready", "startup_s", PP["startup_s"], 1)
@@ -268,7 +240,7 @@ def main(argv=None) -> int:
         S[n]["projected_s"] = fixed + N * S[n]["per_round_steady_s"]
     row(f"projected {N} rounds: fixed + {N} x per round", "projected_s",
         PP["wall_s"] - PP["rounds_s"] + N * PP["per_round_s"], 1)
-    print(bf.table(rows, hdr))
+    print(bc.table(rows, hdr))
     plain_par_eq = N * PS["per_round_par_steady_s"]
     plain_par = N * PP["per_round_s"]
     print(f"\n{N} rounds of work without NVFlare: plain-parallel {plain_par:.1f} s, sequential plain's "

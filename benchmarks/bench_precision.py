@@ -30,6 +30,7 @@ from pathlib import Path
 def supervised(method: str, amp: bool, size: int, n: int, device: str):
     import torch
 
+    from fedxmodal.engine.base import SliceData
     from fedxmodal.engine.supervised import TrainConfig
     from fedxmodal.methods import build_trainer
 
@@ -40,7 +41,7 @@ def supervised(method: str, amp: bool, size: int, n: int, device: str):
     y = blob.expand(n, size, size).clone()
     trainer = build_trainer(tuple(f"s{i}" for i in range(6)),
                             train=TrainConfig(method=method, amp=amp, batch_size=16), device=device)
-    return trainer, lambda: trainer.fit(x, y, epochs=1, progress=False), n
+    return trainer, lambda: trainer.fit(SliceData(x, y), epochs=1), n
 
 
 def adversarial(amp: bool, size: int, n: int, device: str):

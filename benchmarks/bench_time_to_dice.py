@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -37,36 +36,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_fedgin as bf  # noqa: E402
+import common as bc  # noqa: E402
 
 _CHILD_T0 = time.time()
 _VAL = re.compile(r"\[(\S+)\] round (\d+): global model on validation: (\{.*\})")
 
 
 def federated(tmp: Path, data: Path, rounds: int | None, seed: int, timeout: int) -> dict:
-    from fedxmodal.deploy.simulator import run_simulator
-    from fedxmodal.recipes.export import export_job
-    from fedxmodal.recipes.spec import load_spec
-
-    spec = load_spec(str(bf.SPEC))
-    if rounds:
-        spec["num_rounds"] = rounds
+    spec = bc.fedgin_spec(rounds)
     spec["client_args"]["seed"] = seed
     spec["model"]["args"]["init_seed"] = seed
-    job = export_job(tmp / "jobs", spec)
-    ws = tmp / "ws"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDXMODAL_")}
-    env.update(FEDXMODAL_DATA_ROOT=str(data), FEDXMODAL_CHECKPOINT_DIR=str(tmp / "ckpt"))
-    t0 = time.time()
-    wall = run_simulator(job, ws, env, tmp / "simulator.txt", spec["num_rounds"], bf.SITES, timeout=timeout)
+    run, t0, _, _ = bc.simulate(spec, tmp / "run", data, timeout, echo=True, require=("global_model",))
+    ws, wall = run.workspace, run.wall_s
     curve: dict = {}  # round -> {site: (time since launch, dice)}
-    for site in bf.SITES:
+    for site in bc.SITES:
         for line in (ws / site / "log.txt").read_text(errors="replace").splitlines():
-            m, t = _VAL.search(line), bf._ts(line)
+            m, t = _VAL.search(line), bc.log_time(line)
             if m and t is not None:
                 curve.setdefault(int(m.group(2)), {})[site] = (t - t0, float(ast.literal_eval(m.group(3))["dice"]))
     points = [(max(v[0] for v in per.values()), min(v[1] for v in per.values()), r)
-              for r, per in sorted(curve.items()) if len(per) == len(bf.SITES)]
+              for r, per in sorted(curve.items()) if len(per) == len(bc.SITES)]
     return {"wall_s": wall, "rounds": spec["num_rounds"], "local_epochs": spec["client_args"]["local_epochs"],
             "points": points}  # (s since launch, the lower site's validation Dice, round)
 
@@ -76,16 +65,16 @@ def centralized_child(data: str, epochs: int, every: int, threads: int, seed: in
 
     from fedxmodal.data.preprocess import PreprocessConfig
     from fedxmodal.data.slices import SiteSlices
-    from fedxmodal.engine.base import seed_everything
+    from fedxmodal.engine.base import SliceData, seed_everything
     from fedxmodal.engine.supervised import TrainConfig
     from fedxmodal.methods import build_trainer
     from fedxmodal.networks.unet import UNetConfig
 
-    spec, structures, network, train, preprocess = bf.job_settings()
+    spec, structures, network, train, preprocess = bc.job_settings()
     torch.set_num_threads(threads)
     seed_everything(seed)
     sites = [SiteSlices(Path(data) / s, structures, PreprocessConfig.from_dict(preprocess), progress=False)
-             for s in bf.SITES]
+             for s in bc.SITES]
     pooled = [s.slices("training", foreground_only=True) for s in sites]
     for s in sites:
         s.volumes("validation")
@@ -96,7 +85,7 @@ def centralized_child(data: str, epochs: int, every: int, threads: int, seed: in
     trainer.method.prepare([p[0] for p in pooled])
     points = []
     for done in range(every, epochs + 1, every):
-        trainer.fit(x, y, epochs=every, progress=False)
+        trainer.fit(SliceData(x, y), epochs=every)
         dice = min(trainer.evaluate(s, "validation")["summary"]["mean_dice"] for s in sites)
         points.append((time.time(), float(dice), done))  # absolute: the parent subtracts its launch time
         print(f"  centralized: {done}/{epochs} pooled epochs, lower site's validation Dice {dice:.3f} "
@@ -128,12 +117,12 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ttd."))
     try:
-        bf.say(f"writing the demo phantom federation (seed {a.seed}) into {tmp / 'data'}")
+        bc.say(f"writing the demo phantom federation (seed {a.seed}) into {tmp / 'data'}")
         write_phantom_federation(tmp / "data", seed=a.seed, task="abdomen", progress=False)
-        bf.say("federated: nvflare simulator, the committed FedGIN job")
+        bc.say("federated: nvflare simulator, the committed FedGIN job")
         fed = federated(tmp, tmp / "data", a.rounds, a.seed, a.timeout)
         epochs = fed["rounds"] * fed["local_epochs"]
-        bf.say(f"centralized: pooled slices, {a.central_threads} threads, up to {epochs} epochs, "
+        bc.say(f"centralized: pooled slices, {a.central_threads} threads, up to {epochs} epochs, "
                f"validation every {fed['local_epochs']}")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tmp / "data"), str(epochs),
                str(fed["local_epochs"]), str(a.central_threads), str(a.seed), str(max(a.thresholds))]
@@ -146,7 +135,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n== time-to-Dice, FedGIN phantom (seed {a.seed}), {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"1-min load {bf.load1():.2f} ==")
+          f"1-min load {bc.load1():.2f} ==")
     print(f"federated: nvflare simulator, {fed['rounds']} rounds x {fed['local_epochs']} local epochs, 2 sites x 1 "
           f"thread, wall {fed['wall_s']:.0f} s, last round's lower site Dice {fed['points'][-1][1]:.3f}")
     print(f"centralized: {cen['slices']} pooled slices, {a.central_threads} threads, "
@@ -154,10 +143,10 @@ def main(argv=None) -> int:
     rows = []
     for thr in a.thresholds:
         (tf, rf), (tc, ec) = first_reach(fed["points"], thr), first_reach(cen["points"], thr)
-        rows.append([f"{thr:.2f}", bf.fmt(tf, 0) + (f" (round {rf})" if rf is not None else " (not reached)"),
-                     bf.fmt(tc, 0) + (f" (epoch {ec})" if ec is not None else " (not reached)"),
-                     bf.fmt(tf / tc, 2) if tf and tc else "n/a"])
-    print(bf.table(rows, ["both sites' validation Dice >=", "federated s", "centralized s", "fed / central"]))
+        rows.append([f"{thr:.2f}", bc.fmt(tf, 0) + (f" (round {rf})" if rf is not None else " (not reached)"),
+                     bc.fmt(tc, 0) + (f" (epoch {ec})" if ec is not None else " (not reached)"),
+                     bc.fmt(tf / tc, 2) if tf and tc else "n/a"])
+    print(bc.table(rows, ["both sites' validation Dice >=", "federated s", "centralized s", "fed / central"]))
     if a.out:
         Path(a.out).write_text(json.dumps({"federated": fed, "centralized": cen, "argv": sys.argv[1:]}, indent=1))
     return 0

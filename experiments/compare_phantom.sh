@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 000's comparison (every method x local / centralized / federated) on the phantom
+# The federated GIN paper's comparison (every method x local / centralized / federated) on the phantom
 # federations, default budget, seed 0. Resumable: rerun to finish an interrupted grid.
 # none and GIN first (the paper's main contrast), then the rest of the grid in the same folder.
 # Tables: runs/compare/<task>/grid/compare.md (copied into docs/results.md).

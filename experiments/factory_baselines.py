@@ -1,4 +1,4 @@
-"""The baselines of the data factory's phase 2 (seed 002, issue 14), on the same data, the same
+"""The baselines of the data factory's phase 2 (Galati et al., MICCAI 2024), on the same data, the same
 labelled target slices and the same seeds as ``python -m fedxmodal factory adapt``:
 
 * ``source_only``: a supervised U-Net (the U-Net of jobs/specs/fedgin.json, at the factory's 64 px
@@ -13,7 +13,7 @@ labelled target slices and the same seeds as ``python -m fedxmodal factory adapt
 Every model is tested on every target site's test split (3D Dice per structure, per volume, on the
 original grids: ``trainer.evaluate(SiteSlices, "test")``, as ``factory adapt`` reports). The slices
 are those of jobs/specs/factory_adapt.json's preprocessing (6 mm, 64 px: ``factory adapt`` takes the
-factory's own, the same unless phase 1 was changed), the optimiser that of seed 000's
+factory's own, the same unless phase 1 was changed), the optimiser that of the federated GIN paper's
 comparison grid (``apps/compare.py``'s ``GRID_TRAIN``: batch 8, lr 2e-3). One JSON per (baseline,
 seed) under ``OUT/results/`` (a rerun skips finished ones; ``OUT/config.json`` refuses a rerun with
 other settings); ``OUT/summary.md`` / ``summary.json``: mean +- sd over seeds per target site.

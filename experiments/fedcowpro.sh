@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's numbers (docs/results.md, FedCoWPro): one-shot Dice of FedCoWPro and its baselines
+# FedCoWPro's numbers (docs/results.md): one-shot Dice of FedCoWPro and its baselines
 # (FedAvg of SSL-ALPNet, FedAvg of CoWPro, each site alone, centralized, untrained encoder, raw
 # intensities) on the abdominal phantom and on the real TotalSegmentator CT/MR pair, settings 1 and
 # 2, seeds 0 1 2, same-modality and cross-modality supports; then FedGIN (supervised, for scale) on

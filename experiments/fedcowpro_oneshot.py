@@ -1,4 +1,4 @@
-"""The numbers of issue 12 (docs/results.md, FedCoWPro): one-shot Dice per structure, per query
+"""The numbers of FedCoWPro in docs/results.md (arXiv 2503.23507): one-shot Dice per structure, per query
 modality, per support modality, settings 1 and 2, over seeds, for
 
 * FedCoWPro (FedAvg of CoWPro + Dice + Sobel edge Dice), and the baselines with the same encoder,
@@ -14,8 +14,14 @@ job of jobs/specs/fedcowpro.json with the cell's method/seed/setting), then its 
 evaluated HERE on every site's test split with every site as the support site (same modality and
 cross-modality): the support of a structure is the first labelled volume of the support site that
 holds it (validation, then training, then test; never the query itself). Results: one JSON per cell
-under ``OUT/results/`` (a rerun skips finished cells), wall times inside. Summarize with
+under ``OUT/results/`` (a rerun skips finished cells), wall times inside; a federated cell's job,
+simulator workspace and log under ``OUT/runs/<job>/``. Summarize with
 ``experiments/fedcowpro_summary.py OUT``. Encoder trained from scratch, CPU budget.
+
+What is this study's own: the settings (1, 2), the floors, the seeds and the cell names. The rest
+is shared: training here (``fedxmodal.apps.cells.train_episodes_here``), the federated job and run
+(``cell_job_spec``, ``fedxmodal.deploy.harness.run_federated``) and the one-shot evaluation of every
+support/query pair (``EpisodicMethod.evaluate_sites``), as ``python -m fedxmodal compare`` runs them.
 
 Usage: python experiments/fedcowpro_oneshot.py --data DATA --out OUT [--seeds 0 1 2] [--settings 1 2]
        [--methods fedcowpro cowpro ssl_alpnet] [--regimes federated centralized local] [--rounds 20]
@@ -25,10 +31,8 @@ Usage: python experiments/fedcowpro_oneshot.py --data DATA --out OUT [--seeds 0 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,21 +42,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
+from fedxmodal.apps.cells import cell_job_spec, train_episodes_here  # noqa: E402
 from fedxmodal.apps.models import trainer_from_fl_model  # noqa: E402
 from fedxmodal.data.preprocess import PreprocessConfig  # noqa: E402
 from fedxmodal.data.slices import SiteSlices  # noqa: E402
-from fedxmodal.deploy.simulator import run_simulator  # noqa: E402
-from fedxmodal.engine.base import seed_everything  # noqa: E402
+from fedxmodal.deploy.harness import discover_sites, run_federated  # noqa: E402
 from fedxmodal.engine.episodic import EpisodicConfig  # noqa: E402
 from fedxmodal.methods import build_trainer, method_class  # noqa: E402
-from fedxmodal.recipes.export import export_job, load_spec  # noqa: E402
+from fedxmodal.recipes.export import load_spec  # noqa: E402
 
 SPEC = REPO / "jobs" / "specs" / "fedcowpro.json"
 SMOKE = {"rounds": 1, "local_steps": 2, "batch_size": 2, "val_episodes": 2}
-
-
-def discover_sites(data: Path) -> list[str]:
-    return sorted(p.name for p in data.iterdir() if (p / "dataset.json").is_file())
+FLOOR_METHOD = "fedcowpro"  # the floors are scored by this method's one-shot protocol (the same for the three)
 
 
 def cell_name(method: str, regime: str, setting: int, seed: int) -> str:
@@ -92,61 +93,32 @@ class Experiment:
     # ---- cells -------------------------------------------------------------------------------
     def train_here(self, method: str, regime: str, setting: int, seed: int):
         sites = self.sites if regime == "centralized" else [regime.split(":", 1)[1]]
-        seed_everything(seed)
         steps = self.budget["rounds"] * self.budget["local_steps"]
-        trainer = build_trainer(self.structures, network={**self.network, "init_seed": seed},
-                                train=self.train_config(method, setting, seed, steps), preprocess=self.preprocess,
-                                device=self.a.device)
-        sampler = trainer.sampler([self.site(s) for s in sites], seed=seed)
-        t0 = time.perf_counter()
-        fit = trainer.fit(lambda: sampler.batch(trainer.train_config.batch_size))
-        return trainer, {"train_seconds": time.perf_counter() - t0, "steps": steps, "loss": fit["loss"],
-                         "n_train_slices": len(sampler)}
+        return train_episodes_here(self.structures, {**self.network, "init_seed": seed},
+                                   self.train_config(method, setting, seed, steps), self.preprocess,
+                                   [self.site(s) for s in sites], device=self.a.device)
 
     def train_federated(self, method: str, setting: int, seed: int):
-        spec = copy.deepcopy(self.spec)
         name = f"fcp_{method}_s{setting}_seed{seed}"
-        spec.update(name=name, num_rounds=self.budget["rounds"], min_clients=len(self.sites))
-        spec["model"]["args"]["init_seed"] = seed
-        spec["client_script"] = str(REPO / "custom" / "fedxmodal" / "fl" / "site.py")
-        ca = spec["client_args"]
-        ca.update(method=method, seed=seed, local_steps=self.budget["local_steps"], structures=list(self.structures))
-        ca["train"] = {**ca["train"], "batch_size": self.budget["batch_size"], "val_episodes": self.budget["val_episodes"],
-                       "method_args": self.method_args(setting)}
-        job = export_job(self.out / "jobs", spec)
-        ws, ck = self.out / "workspaces" / name, self.out / "checkpoints" / name
-        shutil.rmtree(ws, ignore_errors=True)
-        shutil.rmtree(ck, ignore_errors=True)
-        env = {**os.environ, "FEDXMODAL_DATA_ROOT": str(self.data), "FEDXMODAL_CHECKPOINT_DIR": str(ck),
-               "PYTHONPATH": os.pathsep.join([str(REPO / "custom"), os.environ.get("PYTHONPATH", "")])}
-        wall = run_simulator(job, ws, env, self.out / "results" / f"{name}.log", spec["num_rounds"], sites=self.sites)
-        run = ws / "server" / "simulate_job"
-        trainer = trainer_from_fl_model(run / "app_server" / "FL_global_model.pt", job, device=self.a.device)
-        cse = run / "cross_site_val" / "cross_val_results.json"
-        return trainer, {"federated_wall_seconds": wall, "steps": self.budget["rounds"] * self.budget["local_steps"],
-                         "cross_site": json.loads(cse.read_text()) if cse.is_file() else None}
+        spec = cell_job_spec(self.spec, method, name=name, sites=self.sites, seed=seed, rounds=self.budget["rounds"],
+                             client_args={"local_steps": self.budget["local_steps"], "structures": list(self.structures)},
+                             train={"batch_size": self.budget["batch_size"], "val_episodes": self.budget["val_episodes"],
+                                    "method_args": self.method_args(setting)})
+        run = run_federated(spec, self.data, self.out / "runs" / name, sites=self.sites, echo=True)
+        trainer = trainer_from_fl_model(run.global_model, run.job, device=self.a.device)
+        return trainer, {"federated_wall_seconds": run.wall_s, "steps": self.budget["rounds"] * self.budget["local_steps"],
+                         "cross_site": run.cross_site}
 
     def floor(self, kind: str, seed: int):
         network = ({**self.network, "init_seed": seed} if kind == "untrained"
                    else {"kind": "intensity", "downsample": self.network.get("downsample", 4)})
-        trainer = build_trainer(self.structures, network=network, train=self.train_config("fedcowpro", 1, seed, 1),
+        trainer = build_trainer(self.structures, network=network, train=self.train_config(FLOOR_METHOD, 1, seed, 1),
                                 preprocess=self.preprocess, device=self.a.device)
         return trainer, {"steps": 0}
 
-    def evaluate(self, trainer) -> dict:
-        """Every (support site, query site) pair on the query site's test split."""
-        out = {}
-        for q in self.sites:
-            for s in self.sites:
-                t0 = time.perf_counter()
-                ev = trainer.evaluate(self.site(q), "test", support_site=self.site(s))
-                secs = time.perf_counter() - t0
-                n = max(1, sum(len(r["per_volume"][k]) for r in ev["result"].values() for k in r["per_volume"]))
-                out[f"{s}->{q}"] = {"support_modality": self.site(s).modality, "query_modality": self.site(q).modality,
-                                    "supports": ev["supports"], "self_support": ev["self_support"],
-                                    "settings": ev["summary"]["settings"], "n_volumes": ev["summary"]["n_volumes"],
-                                    "seconds": secs, "seconds_per_volume_structure": secs / n}
-        return out
+    def evaluate(self, method: str, trainer) -> dict:
+        """Every (support site, query site) pair on the query site's test split (the method's one-shot protocol)."""
+        return method_class(method).evaluate_sites(trainer, [self.site(s) for s in self.sites])["pairs"]
 
     def run_cell(self, method: str, regime: str, setting: int, seed: int) -> None:
         path = self.out / "results" / f"{cell_name(method, regime, setting, seed)}.json"
@@ -164,7 +136,7 @@ class Experiment:
                 trainer, info = self.train_here(method, regime, setting, seed)
             result = {"method": method, "regime": regime, "setting": setting, "seed": seed, "budget": self.budget,
                       "structures": list(self.structures), "sites": self.sites, **info,
-                      "evaluation": self.evaluate(trainer)}
+                      "evaluation": self.evaluate(FLOOR_METHOD if regime == "floor" else method, trainer)}
         except (RuntimeError, ValueError) as exc:  # e.g. setting 2 leaves a site no training slice
             result = {"method": method, "regime": regime, "setting": setting, "seed": seed, "error": str(exc)[:2000]}
             print(f"   n/a: {str(exc)[:300]}", flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 001's numbers (docs/results.md, FedDA): every method federated (nvflare simulator), same
+# The FedDA paper's numbers (docs/results.md, FedDA): every method federated (nvflare simulator), same
 # network / budget / seeds, on the phantom abdomen and heart and (TOTALSEG=1) the real CT/MR pair;
 # the adversarial-weight-0 control; the alignment probes; then the summary tables.
 #   bash experiments/fedda_phantom.sh [OUT]            # default budget (12 rounds x 1 local epoch), seeds 0 1 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measured numbers of docs/results.md (FedGIN, seed 000), on the abdominal phantom.
+# The measured numbers of docs/results.md (FedGIN, the federated GIN paper's method), on the abdominal phantom.
 # Same data, seed, network, optimiser (the job spec's batch size and learning rate), GIN variant and
 # budget for every row: FedGIN runs 30 rounds x 2 local epochs (60 passes over each site's slices);
 # every non-federated row trains 60 epochs.

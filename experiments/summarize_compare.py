@@ -1,4 +1,4 @@
-"""Seed 000's claims against one or more comparison grids (``compare.json`` of
+"""The federated GIN paper's claims against one or more comparison grids (``compare.json`` of
 ``python -m fedxmodal compare``): mean Dice on the unseen modality per method (local cells: one
 site alone, tested on the other site), federated / centralized ratios, pancreas on the unseen
 modality, and the summed wall time of the cells.

@@ -1,4 +1,4 @@
-"""The data factory's phase 2 against its baselines (issue 14), per target site: test Dice per
+"""The data factory's phase 2 against its baselines, per target site: test Dice per
 structure, mean +- sd over seeds, of ``factory adapt --seed k`` (one ``seed<k>/dice.json`` per
 seed, experiments/factory_phase2.sh) and of every baseline of experiments/factory_baselines.py
 (one or more output folders, e.g. at the factory's budget and at a larger one), with the mean

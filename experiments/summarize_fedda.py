@@ -1,4 +1,4 @@
-"""Seed 001's numbers from the runs of experiments/fedda_phantom.sh (and fedda_sweep.sh):
+"""The FedDA paper's numbers from the runs of experiments/fedda_phantom.sh (and fedda_sweep.sh):
 per-structure 3D Dice on each modality, mean +- sd over seeds, each method's difference to FedAvg
 and whether it exceeds the seed spread; wall time and bytes per round; the alignment probes.
 

@@ -112,7 +112,7 @@ def test_no_import_cycle():
 @pytest.mark.parametrize("layer,forbidden", [
     # the bottom layers and the engine: no NVFlare, no methods, no runtime, no host side
     *[(lay, ("nvflare", "fedxmodal.methods", "fedxmodal.fl", *[f"fedxmodal.{h}" for h in HOST_SIDE]))
-      for lay in ("data", "transforms", "networks", "losses", "metrics", "engine", "utils")],
+      for lay in ("data", "transforms", "networks", "losses", "metrics", "engine", "utils", "visualize")],
     # methods: their NVFlare parts import nvflare, never fedxmodal's runtime or the host side
     ("methods", ("fedxmodal.fl", *[f"fedxmodal.{h}" for h in HOST_SIDE])),
     # the runtime that ships with a job: nothing host-side

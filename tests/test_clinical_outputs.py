@@ -198,6 +198,9 @@ def test_export_bundle_runs_with_monai_alone_and_matches_segment(tmp_path, train
     bundle = tmp_path / "bundle"
     assert main(["export-bundle", "--model", str(trained_model), "--out", str(bundle)]) == 0
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["fedxmodal"]["default_modality"] == "auto"
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "MONAI, PyTorch, nibabel and python-fire" in readme and "`auto` unless given" in readme
     assert meta["structures"] == ["liver", "spleen"]
     assert meta["label_ids"] == {"background": 0, "liver": 1, "spleen": 2}
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver",
@@ -216,16 +219,17 @@ def test_export_bundle_runs_with_monai_alone_and_matches_segment(tmp_path, train
     nib.save(nib.Nifti1Image(mr, np.diag([2.0, 2.0, 4.0, 1.0])), str(tmp_path / "mr.nii.gz"))
 
     python = _monai_only_python(tmp_path)
-    runs = [(str(inputs / "*.nii.gz"), "CT"), (str(tmp_path / "mr.nii.gz"), "MR")]
+    # the CT volumes with --modality CT; the MR one without: the bundle's default, auto, guesses as segment does
+    runs = [(str(inputs / "*.nii.gz"), ["--modality", "CT"]), (str(tmp_path / "mr.nii.gz"), [])]
     for image, modality in runs:
         proc = subprocess.run([str(python), "-I", "-m", "monai.bundle", "run", "--config_file",
-                               str(bundle / "configs" / "inference.json"), "--image", image, "--modality", modality,
+                               str(bundle / "configs" / "inference.json"), "--image", image, *modality,
                                "--output_dir", str(tmp_path / "bundle_out")],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    for name, modality in (("ct_ras", "CT"), ("ct_lps", "CT"), ("mr", "MR")):
+    for name, modality in (("ct_ras", ["--modality", "CT"]), ("ct_lps", ["--modality", "CT"]), ("mr", [])):
         src = inputs / f"{name}.nii.gz" if name != "mr" else tmp_path / "mr.nii.gz"
-        assert main(["segment", str(src), "--model", str(trained_model), "--modality", modality, "--out",
+        assert main(["segment", str(src), "--model", str(trained_model), *modality, "--out",
                      str(tmp_path / f"{name}_segment.nii.gz")]) == 0
         ours, theirs = nib.load(str(tmp_path / f"{name}_segment.nii.gz")), nib.load(
             str(tmp_path / "bundle_out" / f"{name}_seg.nii.gz"))

@@ -1,4 +1,4 @@
-"""The data factory, phase 1 (seed 002): domain key, quality figure, conditioned slices, uniform
+"""The federated multimodal data factory, phase 1 (Galati et al., MICCAI 2024): domain key, quality figure, conditioned slices, uniform
 aggregation, seeded k-of-N sampling, the output guard of jobs/factory, and the job itself in the
 simulator (2 rounds on tiny data, then resumed)."""
 

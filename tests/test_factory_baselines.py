@@ -1,4 +1,4 @@
-"""The baselines of the data factory's phase 2 (experiments/factory_baselines.py, issue 14): a
+"""The baselines of the data factory's phase 2 (experiments/factory_baselines.py): a
 source-only U-Net, the same fine-tuned on the target's labelled slices as phase 2 picks them, and
 the source U-Net with GIN, on tiny sites (64 px slices of 40 x 40 x 6 volumes, ``--quick``):
 the cells' Dice, the fine-tuning slices, a target with too few labels, the summary, the resume."""

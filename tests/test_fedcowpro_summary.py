@@ -1,4 +1,4 @@
-"""The tables of experiments/fedcowpro_summary.py (issue 12) from hand-made cells: mean +- sd over
+"""The tables of experiments/fedcowpro_summary.py (FedCoWPro and its baselines) from hand-made cells: mean +- sd over
 seeds, the same/cross-modality split, and the spread rule (|difference| > sd_a + sd_b; a
 deterministic floor counts with sd 0, a single seed of anything else gives no verdict)."""
 

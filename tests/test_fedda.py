@@ -1,4 +1,4 @@
-"""FedDA and FedProx: the adversarial trainer's two steps each change only what they
+"""FedDA (arXiv 2509.23907) and FedProx: the adversarial trainer's two steps each change only what they
 should, the reference encoder gets no gradient, the ring schedule, the shared discriminator
 averaged apart from the model, a site's payload handling, the output guard of a cyclic job, and
 (slow) the cyclic workflow in the simulator with 3 sites plus the joint and cyclic jobs on a tiny
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedxmodal.engine.base import SliceData
 from fedxmodal.engine.adversarial import AdversarialConfig, AdversarialTrainer
 from fedxmodal.engine.base import seed_everything
 from fedxmodal.engine.supervised import TrainConfig
@@ -109,9 +108,9 @@ def test_ramp_plan_and_domain_mode():
     assert trainer.progress(0, 4) == 0.5 and trainer.progress(2, 4) == 0.55
     x, y = _batch(16)
     # no reference, two pooled domains: the domains are aligned with each other (centralized)
-    out = trainer.fit(SliceData(x, y, torch.tensor([0] * 8 + [1] * 8)), epochs=1)
+    out = trainer.fit(x, y, epochs=1, progress=False, domains=torch.tensor([0] * 8 + [1] * 8))
     assert {"loss_seg", "loss_adv", "loss_disc", "disc_acc"} <= set(out["means"])
-    out = trainer.fit(SliceData(x, y), epochs=1)  # one domain, no reference: no adversarial step
+    out = trainer.fit(x, y, epochs=1, progress=False)  # one domain, no reference: no adversarial step
     assert "loss_disc" not in out["means"]
 
 
@@ -120,7 +119,7 @@ def test_checkpoint_keeps_the_discriminator(tmp_path):
     assert len(trainer.discriminator) == 2  # bottleneck + the shallower tap
     trainer.set_reference(trainer.get_weights())
     x, y = _batch(16)
-    trainer.fit(SliceData(x, y), epochs=1)
+    trainer.fit(x, y, epochs=1, progress=False)
     loaded = load_trainer(trainer.save(tmp_path / "m.pt"))
     assert isinstance(loaded, AdversarialTrainer) and loaded.method.name == "fedda_gin"
     for k, v in trainer.discriminator_weights().items():
@@ -206,7 +205,7 @@ def test_site_takes_the_peer_as_reference_and_keeps_its_discriminator(tmp_path):
     parts.before_training(_Info(1))
     assert torch.equal(trainer.reference.state_dict()["model.0.conv.unit0.conv.weight"],
                        peer["model.0.conv.unit0.conv.weight"])
-    res = trainer.fit(SliceData(x, y), epochs=1)
+    res = trainer.fit(x, y, epochs=1, progress=False)
     extra = parts.after_training(_Info(1), res)
     assert {"loss_adv", "loss_disc", "disc_acc"} <= set(extra) and trainer.reference is None
     assert set(get_w()) == set(glob)  # a local discriminator never leaves
@@ -241,7 +240,7 @@ def test_fedprox_uses_nvflares_contract_and_loss():
     assert isinstance(trainer.method.proximal, PTFedProxLoss) and trainer.method.proximal.mu == 0.1
     _, logs = trainer.method.training_loss(trainer.model, x, y, trainer.seg_loss)
     assert logs["loss_prox"] == 0.0  # at the received weights
-    trainer.fit(SliceData(x, y), epochs=1)
+    trainer.fit(x, y, epochs=1, progress=False)
     _, logs = trainer.method.training_loss(trainer.model, x, y, trainer.seg_loss)
     assert logs["loss_prox"] > 0.0
     parts.after_training(_Info(0), {})

@@ -1,4 +1,4 @@
-"""The tables of experiments/fedgin_phantom.sh's summary over seeds (issue 15): mean +- sd per cell,
+"""The tables of experiments/fedgin_phantom.sh's summary over seeds: mean +- sd per cell,
 the federated/centralized comparison and GIN's lift on the unseen MR with the spread rule
 (|difference| > sd_a + sd_b; one seed gives no verdict)."""
 

@@ -7,12 +7,14 @@
     DIR/models/model.pt         the U-Net's state dict (MONAI's UNet, same keys)
     DIR/docs/README.md
 
-    python -m monai.bundle run --config_file DIR/configs/inference.json --image CT.nii.gz [--modality MR]
+    python -m monai.bundle run --config_file DIR/configs/inference.json --image CT.nii.gz [--modality CT|MR]
 
 writes ``<output_dir>/<name>_seg.nii.gz`` in the input's own geometry (``output_dir`` defaults to
-``DIR/eval``). The preprocessing is ``data/preprocess.py``'s, spelled with MONAI transforms: CT
-clamp to the window (``ThresholdIntensityd`` twice), MR clip at the 99.5th percentile
-(``ClipIntensityPercentilesd``), z-score (``Lambdad``: fedxmodal's, with the sample standard
+``DIR/eval``). ``modality`` defaults to ``auto``: each image is CT if it holds Hounsfield air values
+(< -500), else MR -- ``segment``'s rule for a NIfTI file; ``--modality`` (at export or at run time)
+forces one. The preprocessing is ``data/preprocess.py``'s, spelled with MONAI transforms: CT
+clamp to the window, MR clip at the 99.5th percentile (``ClipIntensityPercentiles``), chosen per
+image (``Lambdad``), z-score (``Lambdad``: fedxmodal's, with the sample standard
 deviation; ``NormalizeIntensityd`` uses the population one), ``Orientationd`` RAS, ``Spacingd``
 (in-plane spacing, slice spacing kept), ``ResizeWithPadOrCropd`` (edge padding). One numerical
 difference remains (docs/clinical-outputs.md): for MR volumes over 8 M voxels fedxmodal takes the
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .models import load_model
+from .checkpoints import load_checked
 from .dicom_seg import file_digest
 
 LOGGING_CONF = """[loggers]
@@ -79,7 +81,10 @@ def _t(target: str, **kw) -> dict:
     return {"_target_": target, **kw}
 
 
-def inference_config(engine, bundle_root, modality: str = "CT") -> dict:
+BUNDLE_MODALITIES = ("auto", "CT", "MR")
+
+
+def inference_config(engine, bundle_root, modality: str = "auto") -> dict:
     """The ``inference.json`` content for ``engine`` (see the module docstring)."""
     net, pre = engine.network, engine.preprocess
     size = pre.size
@@ -98,11 +103,11 @@ def inference_config(engine, bundle_root, modality: str = "CT") -> dict:
                           dropout=net.dropout),
         "network": "$@network_def.to(@device)",
         "datalist": "$[{'image': f} for f in (sorted(glob.glob(@image)) or [@image])]",
-        "ct_clip": _t("Compose", transforms=[
-            _t("ThresholdIntensityd", keys=keys, threshold=hi, above=False, cval=hi),
-            _t("ThresholdIntensityd", keys=keys, threshold=lo, above=True, cval=lo)]),
-        "mr_clip": _t("ClipIntensityPercentilesd", keys=keys, lower=None, upper=pre.mr_upper_percentile),
-        "intensity_clip": "${'CT': @ct_clip, 'MR': @mr_clip}[@modality.upper()]",
+        # per image: --modality CT / MR, or auto (segment's rule for a NIfTI file: Hounsfield air -> CT)
+        "is_ct": "$lambda x: @modality.upper() == 'CT' or (@modality.lower() == 'auto' and float(x.min()) < -500)",
+        "ct_clip": f"$lambda x: x.clamp({float(lo)!r}, {float(hi)!r})",
+        "mr_clip": _t("ClipIntensityPercentiles", lower=None, upper=pre.mr_upper_percentile),
+        "intensity_clip": _t("Lambdad", keys=keys, func="$lambda x: @ct_clip(x) if @is_ct(x) else @mr_clip(x)"),
         "preprocessing": _t("Compose", transforms=[
             _t("LoadImaged", keys=keys, reader="NibabelReader", image_only=True, ensure_channel_first=True),
             "@intensity_clip",
@@ -153,7 +158,8 @@ def metadata(engine, modality: str, source: dict) -> dict:
         "task": "Cross-modality (CT and MR) segmentation of " + ", ".join(engine.structures),
         "description": "A 2D U-Net applied slice by slice to axial slices, trained with fedxmodal "
                        f"(method {engine.train_config.method}); one model for CT and MR inputs "
-                       "(set 'modality' for the intensity normalisation).",
+                       "(the intensity normalisation by 'modality': auto = CT where the image holds Hounsfield "
+                       "air values below -500, else MR).",
         "authors": "fedxmodal",
         "copyright": "the federation that trained the model",
         "data_source": "the training sites of the federation (no image left a site)",
@@ -166,7 +172,7 @@ def metadata(engine, modality: str, source: dict) -> dict:
         "label_ids": labels,
         "network_data_format": {
             "inputs": {"image": {
-                "type": "image", "format": "hounsfield" if modality == "CT" else "magnitude",
+                "type": "image", "format": {"CT": "hounsfield", "MR": "magnitude"}.get(modality, "hounsfield or magnitude"),
                 "modality": "CT or MR", "num_channels": 1, "spatial_shape": [size, size], "dtype": "float32",
                 "value_range": [], "is_patch_data": False, "channel_def": {"0": "image"}}},
             "outputs": {"pred": {
@@ -178,21 +184,23 @@ def metadata(engine, modality: str, source: dict) -> dict:
     }
 
 
-def export_bundle(model, out, job_dir=None, modality: str = "CT") -> Path:
+def export_bundle(model, out, job_dir=None, modality: str | None = None) -> Path:
     """Write checkpoint ``model`` (with ``job_dir`` for an NVFlare global model) as a MONAI bundle.
 
     Args:
         model: fedxmodal checkpoint or NVFlare global model path.
         out: bundle folder (created; an existing bundle there is replaced).
         job_dir: the job folder when ``model`` is a server-persisted NVFlare global model.
-        modality: default ``modality`` of ``inference.json`` (``--modality`` overrides it at run time).
+        modality: default ``modality`` of ``inference.json``: ``"CT"``, ``"MR"`` or None / ``"auto"``
+            (guessed per image as ``segment`` does); ``--modality`` overrides it at run time.
 
     Returns:
         ``out``.
     """
-    if modality not in ("CT", "MR"):
-        raise ValueError(f"modality must be CT or MR, got {modality!r}")
-    engine = load_model(model, job_dir, device="cpu")
+    modality = modality or "auto"
+    if modality not in BUNDLE_MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(BUNDLE_MODALITIES)}, got {modality!r}")
+    engine, _ = load_checked(model, job_dir, "export-bundle", device="cpu")
     check_exportable(engine)
     out = Path(out)
     for sub in ("configs", "models", "docs"):
@@ -212,14 +220,19 @@ def _readme(engine, out: Path) -> str:
     labels = ", ".join(f"{i} {s}" for i, s in enumerate(engine.structures, start=1))
     return f"""# fedxmodal {engine.train_config.method} 2D U-Net as a MONAI bundle
 
-Labels: 0 background, {labels}. Needs MONAI, PyTorch and nibabel only.
+Labels: 0 background, {labels}. Needs MONAI, PyTorch, nibabel and python-fire (the command line of
+`python -m monai.bundle`); not fedxmodal. Run it with the Python that has them (in a fedxmodal
+checkout: `.venv/bin/python`).
 
 ```bash
 python -m monai.bundle run --config_file {out.resolve()}/configs/inference.json \\
-    --image /data/case.nii.gz --modality CT --output_dir /data/masks
+    --image /data/case.nii.gz --output_dir /data/masks [--modality CT|MR]
 ```
 
-`--image` takes a NIfTI file or a glob pattern (quote it); `--modality` is CT or MR (intensity
-normalisation); the mask `<name>_seg.nii.gz` is written in the input's own grid and affine.
+`--image` takes a NIfTI file or a glob pattern (quote it); `--modality` (intensity normalisation) is
+`auto` unless given: each image is CT if it holds Hounsfield air values (below -500), else MR, as
+`python -m fedxmodal segment` decides for a NIfTI file; pass `--modality CT` or `MR` to force it (an
+MR volume with negative values, a CT without air). The mask `<name>_seg.nii.gz` is written in the
+input's own grid and affine.
 `bundle_root` is this folder's path at export time: pass `--bundle_root NEW_PATH` after moving it.
 """

@@ -80,9 +80,11 @@ def run_demo(args) -> int:
                "amp": spec["client_args"].get("train", {}).get("amp", True),
                "lr_schedule": spec["client_args"].get("train", {}).get("lr_schedule", "constant"),
                "seed": args.seed, "simulator_seconds": wall, "models": {}}
-    rows = []
+    rows, best_round = [], None
     for tag, fname in (("final", "FL_global_model.pt"), ("best", "best_FL_global_model.pt")):
         engine = trainer_from_fl_model(run_dir / "app_server" / fname, job)
+        if tag == "final":  # the server's state: the round whose global model is the best one
+            best_round = (engine.meta.get("best") or {}).get("round")
         evals = [engine.evaluate(s, "test") for s in sites]
         write_evaluation(evals, results / f"fedgin_{tag}", title=f"FedGIN {tag} global model")
         summary["models"][tag] = {e["site"]: e["summary"] for e in evals}
@@ -98,13 +100,16 @@ def run_demo(args) -> int:
     print("[4/4] tables and learning curve", flush=True)
     scalars = read_tb_scalars(run_dir / "tb_events")
     summary["curves"] = scalars
-    plot_learning_curves(scalars, results / "fedgin_curve.png", title="FedGIN (NVFlare SimEnv)")
+    plot_learning_curves(scalars, results / "fedgin_curve.png", title="FedGIN (NVFlare SimEnv)",
+                         best_round=None if best_round is None else int(best_round))
     table = dice_table(rows, spec["client_args"]["structures"])
     md = (f"# FedGIN demo\n\nSites {data} (seed {args.seed}), {spec['num_rounds']} rounds x "
           f"{spec['client_args']['local_epochs']} local epoch(s), sites {', '.join(SITES)}; "
           f"simulator wall time {wall:.0f} s.\n3D Dice on each site's test volumes:\n\n{table}\n"
-          "Per-volume tables: fedgin_final.md, fedgin_best.md. Learning curve: fedgin_curve.png. "
-          "Pictures of the best model (radiological view): overlays/.\n")
+          "Per-volume tables: fedgin_final.md, fedgin_best.md. Learning curve: fedgin_curve.png (the best "
+          "model's round marked). Pictures of the best model (radiological view): overlays/.\n"
+          "The best model as a fedxmodal checkpoint (settings inside, no --job needed): fedgin_best_model.pt, e.g. "
+          "`python -m fedxmodal segment IMAGE --model fedgin_best_model.pt --out mask.nii.gz`.\n")
     (results / "fedgin.md").write_text(md)
     (results / "fedgin.json").write_text(json.dumps(summary, indent=2))
     print(md)

@@ -36,6 +36,7 @@ from ..methods.factory.pictures import plot_quality, save_rows
 from ..methods.factory.site_data import site_slices
 from ..recipes.export import export_job
 from ..recipes.spec import load_spec
+from .checkpoints import load_checked
 from .curves import read_tb_scalars
 from .models import load_model
 
@@ -151,7 +152,7 @@ def run(args) -> int:
 
 
 def sample(args) -> int:
-    trainer = load_model(args.model, args.job, device="cpu")
+    trainer, _ = load_checked(args.model, args.job, "factory sample", device="cpu")
     dirs = {args.site: Path(args.data)} if args.data else None
     (label, images), = sample_rows(trainer, [args.site], dirs, n=args.n, seed=args.seed)
     save_rows([(label, images)], args.out, title=f"{args.site}: {args.n} generated slices (seed {args.seed})")
@@ -160,7 +161,7 @@ def sample(args) -> int:
 
 
 def morph(args) -> int:
-    trainer = load_model(args.model, args.job, device="cpu")
+    trainer, _ = load_checked(args.model, args.job, "factory morph", device="cpu")
     a, b = args.sites
     save_rows([(f"{a} -> {b}", morph_images(trainer, a, b, steps=args.steps, seed=args.seed))], args.out)
     print(f"wrote {args.out}")
@@ -210,10 +211,14 @@ def adapt(args) -> int:
     missing = [s for s in sites if not (data / s / "dataset.json").is_file()]
     if missing:
         raise SystemExit(f"error: {data}: no site folder(s) {missing}")
-    factory = load_model(args.factory_model, args.job, device="cpu")
+    factory, info = load_checked(args.factory_model, args.job, "factory adapt", device="cpu")
+    if args.source not in factory.method.sites:
+        raise ValueError(f"--source {args.source}: not a phase-1 site of {Path(args.factory_model).name} (its sites: "
+                         f"{' '.join(factory.method.sites)}); the source trains its branch on the generator's own "
+                         "condition")
     out.mkdir(parents=True, exist_ok=True)
     model_file = Path(args.factory_model)
-    if args.job:  # an NVFlare global model: the server gets a checkpoint with its settings
+    if info.job is not None:  # an NVFlare global model: the server gets a checkpoint with its settings
         model_file = factory.save(out / "factory_model.pt", source=str(Path(args.factory_model).resolve()))
     spec = adapt_spec(factory, model_file, args.source, args.targets, args.steps, args.seed, args.quick,
                       allow_fewer=getattr(args, "allow_fewer", False))

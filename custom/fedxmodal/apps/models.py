@@ -47,30 +47,3 @@ def load_model(model_path, job_dir=None, device: str = "auto"):
     if job_dir is not None:
         return trainer_from_fl_model(model_path, job_dir, device=device)
     return load_trainer(model_path, device=device)
-
-
-def split_models_and_sites(models, site_dirs) -> tuple[list[str], list[str]]:
-    """``evaluate``'s checkpoints and site folders, whatever their order on the command line:
-    ``--model`` takes several values, so ``--model A.pt site1 site2`` hands it the site folders
-    too; folders among them are site folders. Raises ``FileNotFoundError`` naming a path that is
-    neither, and ``ValueError`` when no checkpoint or no site folder is left."""
-    ckpts, sites = [], list(site_dirs)
-    for item in models:
-        path = Path(item)
-        if path.is_dir():
-            sites.append(item)
-        elif path.is_file():
-            ckpts.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: not found (neither a model checkpoint nor a site folder)")
-    for item in sites:
-        if Path(item).is_file():
-            raise ValueError(f"{item} is a file, not a site folder: pass checkpoints with --model")
-        if not (Path(item) / "dataset.json").is_file():
-            raise FileNotFoundError(f"{item}: not a site folder (no dataset.json)")
-    if not ckpts:
-        raise ValueError("no model checkpoint: pass one or more with --model CKPT")
-    if not sites:
-        raise ValueError(f"no site folder to evaluate on (--model got {', '.join(models)}): "
-                         "pass site folders (folders with a dataset.json)")
-    return ckpts, sites

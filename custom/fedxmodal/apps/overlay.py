@@ -15,40 +15,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-# Letters on the (left, right, top, bottom) edges of each view.
-VIEW_LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I")}
-CT_DISPLAY_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window (HU)
+from ..visualize import (CT_DISPLAY_WINDOW, RADIOLOGICAL_NOTE, VIEW_LETTERS, as_names, colour_key,  # noqa: F401
+                      display_window, draw_letters, panel_aspect, safe_filename, structure_color, to_ras, view_slice)
 
-
-def structure_color(label_id: int) -> tuple[float, float, float]:
-    """RGB in [0, 1] of structure ``label_id`` (1-based): matplotlib's tab10 cycle."""
-    import matplotlib
-
-    return tuple(float(c) for c in matplotlib.colormaps["tab10"]((int(label_id) - 1) % 10)[:3])
-
-
-def to_ras(volume: np.ndarray, affine) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """``volume`` (X, Y, Z) with its 4x4 RAS affine -> (array in RAS axis order, voxel sizes in mm)."""
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume), np.asarray(affine, dtype=np.float64)))
-    return np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
-
-
-def view_slice(ras: np.ndarray, view: str, index: int) -> np.ndarray:
-    """One plane of a RAS-ordered array as displayed: (rows, cols) with row 0 at the top.
-
-    Args:
-        ras: (X, Y, Z) array in RAS axis order (x to the patient's right, y anterior, z superior).
-        view: ``"axial"`` (rows anterior -> posterior) or ``"coronal"`` (rows superior -> inferior);
-            columns always run from the patient's right to the patient's left.
-        index: the z (axial) or y (coronal) index of the plane.
-    """
-    if view == "axial":
-        return ras[::-1, ::-1, index].T
-    if view == "coronal":
-        return ras[::-1, index, ::-1].T
-    raise ValueError(f"unknown view {view!r} (axial or coronal)")
+_window = display_window  # the name previews and older callers import
+_as_names = as_names
 
 
 def _levels(mask: np.ndarray, axis: int, n: int) -> list[int]:
@@ -62,19 +33,6 @@ def _levels(mask: np.ndarray, axis: int, n: int) -> list[int]:
     fg = np.nonzero(per_plane)[0]
     picks = [int(fg[int(round(q * (len(fg) - 1)))]) for q in np.linspace(0.25, 0.75, n)]
     return sorted(set(picks))
-
-
-def _window(image: np.ndarray, modality: str | None) -> tuple[float, float]:
-    if modality == "CT":
-        return CT_DISPLAY_WINDOW
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    return float(lo), float(hi if hi > lo else lo + 1.0)
-
-
-def _as_names(structures) -> dict[int, str]:
-    if isinstance(structures, Mapping):
-        return {int(k): str(v) for k, v in structures.items() if int(k) > 0}
-    return {i: str(s) for i, s in enumerate(structures, start=1)}
 
 
 def render_overlay(image: np.ndarray, mask: np.ndarray, affine, structures: Sequence[str] | Mapping[int, str], *,
@@ -101,17 +59,15 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, affine, structures: Sequ
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.patheffects as pe
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     img, zooms = to_ras(np.asarray(image, dtype=np.float32), affine)
     msk, _ = to_ras(np.asarray(mask).astype(np.uint8), affine)
     ref = to_ras(np.asarray(reference).astype(np.uint8), affine)[0] if reference is not None else None
     if img.shape != msk.shape:
         raise ValueError(f"image {img.shape} and mask {msk.shape} differ in shape")
-    names = _as_names(structures)
+    names = as_names(structures)
     panels = []
     for view, spec, axis in (("axial", axial, 2), ("coronal", coronal, 1)):
         levels = _levels(msk, axis, spec) if isinstance(spec, int) else [int(i) for i in spec]
@@ -120,13 +76,13 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, affine, structures: Sequ
     nrows = int(np.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.4 * nrows + 0.8), squeeze=False,
                              layout="constrained")
-    lo, hi = _window(img, modality)
-    outline = [pe.withStroke(linewidth=2.5, foreground="black")]
+    lo, hi = display_window(img, modality)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, (view, k) in zip(axes.ravel(), panels):
-        # pixel aspect = row spacing / column spacing; columns always run along x
-        aspect = (zooms[1] if view == "axial" else zooms[2]) / zooms[0]
+        # pixel aspect = row spacing / column spacing (columns always run along x); a thin slab's
+        # coronal panel is stretched along the slice axis, and says so
+        aspect, stretch = panel_aspect(view, zooms, img.shape)
         ax.imshow(view_slice(img, view, k), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         m = view_slice(msk, view, k)
         rgba = np.zeros(m.shape + (4,), np.float32)
@@ -139,20 +95,15 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, affine, structures: Sequ
                            linewidths=1.0, linestyles="--")
         ax.imshow(rgba, aspect=aspect, interpolation="nearest")
         n_planes = img.shape[2] if view == "axial" else img.shape[1]
-        ax.set_title(f"{view} {k + 1}/{n_planes}", fontsize=9)
-        for (x, y, ha, va), letter in zip(((0.02, 0.5, "left", "center"), (0.98, 0.5, "right", "center"),
-                                           (0.5, 0.98, "center", "top"), (0.5, 0.02, "center", "bottom")),
-                                          VIEW_LETTERS[view]):
-            ax.text(x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=12,
-                    fontweight="bold", path_effects=outline)
-        ax.view, ax.index = view, k
-    handles = [Patch(facecolor=structure_color(c), edgecolor="black", label=f"{c} {n}")
-               for c, n in names.items()]
-    if ref is not None:
-        handles.append(Line2D([], [], color="black", linestyle="--", label="reference (dashed)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4 * ncols), fontsize=8,
-               frameon=False)
-    fig.suptitle((title + "\n" if title else "") + "radiological view: patient's right on the left", fontsize=9)
+        label = f"{view} {k + 1}/{n_planes}"
+        if stretch > 1.0:
+            label += f"\n{img.shape[2]} slices, S-I stretched x{stretch:.1f}"
+        ax.set_title(label, fontsize=9)
+        draw_letters(ax, view)
+        ax.index = k
+    extra = [Line2D([], [], color="black", linestyle="--", label="reference (dashed)")] if ref is not None else []
+    colour_key(fig, names, extra, ncol=min(len(names) + len(extra), 4 * ncols))
+    fig.suptitle((title + "\n" if title else "") + RADIOLOGICAL_NOTE, fontsize=9)
     return fig
 
 
@@ -176,7 +127,8 @@ def write_case_overlays(engine, site_slices, split: str, out_dir, max_cases: int
         engine: a trainer (e.g. ``SupervisedTrainer``) (``predict_volume``, ``structures``, ``domains``).
         site_slices: the site's ``SiteSlices`` (its preprocessor, modality and cases).
         split: ``"test"``, ``"validation"`` or ``"training"``.
-        out_dir: folder for ``<site>_<case>.png``.
+        out_dir: folder for ``<site>_<case>.png`` (a slab ``case[a:b]`` as ``case_a-b``: no brackets or
+            colons in file names).
         max_cases: at most this many volumes (default all).
 
     Returns:
@@ -191,7 +143,7 @@ def write_case_overlays(engine, site_slices, split: str, out_dir, max_cases: int
     for vol in site_slices.volumes(split)[:max_cases]:
         pred = engine.predict_volume(vol, site_slices.preprocessor, domain=domain)
         image = crop_slab(load_volume(vol.case.image), vol.case)[0].numpy()
-        out = out_dir / f"{site_slices.name}_{vol.case.case_id}.png"
+        out = out_dir / f"{safe_filename(f'{site_slices.name}_{vol.case.case_id}')}.png"
         written.append(save_overlay(image, pred, vol.original_affine, out, engine.structures, reference=vol.ref_label,
                                     modality=site_slices.modality,
                                     title=f"{site_slices.name} ({site_slices.modality}) {vol.case.case_id}"))

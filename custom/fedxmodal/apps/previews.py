@@ -21,7 +21,8 @@ import torch
 
 from fedxmodal.transforms.gin import GINAugment, GINIPAAugment
 
-from .overlay import _window, save_overlay, structure_color, to_ras, view_slice
+from ..visualize import CT_DISPLAY_WINDOW, RADIOLOGICAL_NOTE, colour_key, display_window, draw_letters, structure_color, to_ras, view_slice
+from .overlay import save_overlay
 
 __all__ = ["save_gin_gallery", "save_ipa_gallery", "load_middle_axial_slice", "save_preview_png", "save_sites_preview"]
 
@@ -34,7 +35,8 @@ def _as_image_tensor(image_2d: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
     return img
 
 
-def _figure(tiles, titles, out_png: str, ncols: int, tile_inches: float = 2.4) -> str:
+def _figure(tiles, titles, out_png: str, ncols: int, tile_inches: float = 2.4, view: str | None = None) -> str:
+    """A grid of tiles; ``view`` ("axial"): the tiles are radiological slices -> orientation letters."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +51,10 @@ def _figure(tiles, titles, out_png: str, ncols: int, tile_inches: float = 2.4) -
         # Each tile min-max scaled: GIN outputs have arbitrary sign and offset.
         ax.imshow(tile, cmap="gray", interpolation="nearest")
         ax.set_title(title, fontsize=8)
+        if view:
+            draw_letters(ax, view, fontsize=9)
+    if view:
+        fig.suptitle(RADIOLOGICAL_NOTE, fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=100)
@@ -64,6 +70,7 @@ def save_gin_gallery(
     ncols: int = 4,
     include_original: bool = True,
     gin: Optional[GINAugment] = None,
+    view: Optional[str] = None,
 ) -> str:
     """Save a grid of GIN draws of one 2D image.
 
@@ -76,6 +83,8 @@ def save_gin_gallery(
         ncols: tiles per row (n=8, ncols=4 gives 2x4).
         include_original: show the input as the first tile.
         gin: the augmentation to preview (default ``GINAugment()``, per-sample nets).
+        view: ``"axial"`` when ``image_2d`` is a radiological axial slice
+            (:func:`load_middle_axial_slice`): every tile gets orientation letters.
 
     Returns:
         ``out_png``.
@@ -92,7 +101,7 @@ def save_gin_gallery(
         draws = gin(batch, generator=gen)
     tiles = ([img.numpy()] if include_original else []) + [d[0].numpy() for d in draws]
     titles = (["input"] if include_original else []) + [f"GIN draw {i + 1}" for i in range(n_draws)]
-    return _figure(tiles, titles, out_png, ncols)
+    return _figure(tiles, titles, out_png, ncols, view=view)
 
 
 def save_ipa_gallery(
@@ -101,6 +110,7 @@ def save_ipa_gallery(
     rows: int = 2,
     seed: int = 0,
     ipa: Optional[GINIPAAugment] = None,
+    view: Optional[str] = None,
 ) -> str:
     """Save GIN-IPA examples: per row the input, the blend mask and the views x1', x2', x3.
 
@@ -110,6 +120,7 @@ def save_ipa_gallery(
         rows: number of independent draws (rows).
         seed: ``torch.Generator`` seed.
         ipa: the augmentation (default ``GINIPAAugment()``).
+        view: ``"axial"`` for a radiological axial slice: orientation letters on every tile.
 
     Returns:
         ``out_png``.
@@ -123,7 +134,7 @@ def save_ipa_gallery(
     for r in range(rows):
         tiles += [img.numpy(), m[r, 0].numpy(), x1p[r, 0].numpy(), x2p[r, 0].numpy(), x3[r, 0].numpy()]
         titles += ["input", "IPA mask", "x1' (blend)", "x2' (complement)", "x3 (plain GIN)"]
-    return _figure(tiles, titles, out_png, ncols=5)
+    return _figure(tiles, titles, out_png, ncols=5, view=view)
 
 
 def load_middle_axial_slice(path: str, modality: str = "ct") -> np.ndarray:
@@ -164,13 +175,15 @@ def save_preview_png(site_dir, out_png, case: int = 0) -> Path:
 
 def save_sites_preview(site_dirs, out_png, case: int = 0) -> Path:
     """PNG with one axial slice per site (training case ``case``, the slice with the most labelled voxels),
-    side by side in radiological view, each structure's contour in one colour across sites (by name)."""
+    side by side in radiological view with orientation letters; each structure's contour in one colour
+    across sites (by name), named in the colour key under the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(site_dirs), figsize=(3.2 * len(site_dirs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(site_dirs), figsize=(3.2 * len(site_dirs), 4.0), squeeze=False,
+                             layout="constrained")
     colours: dict[str, int] = {}
     for ax, site_dir in zip(axes[0], map(Path, site_dirs)):
         ds = json.loads((site_dir / "dataset.json").read_text())
@@ -179,15 +192,20 @@ def save_sites_preview(site_dirs, out_png, case: int = 0) -> Path:
         image, zooms = to_ras(np.asarray(img.dataobj, np.float32), img.affine)
         label = to_ras(np.asarray(lab.dataobj).astype(np.uint8), lab.affine)[0]
         k = int(np.argmax((label > 0).sum(axis=(0, 1))))
-        lo, hi = _window(image, ds["modality"])
-        ax.imshow(view_slice(image, "axial", k), cmap="gray", vmin=lo, vmax=hi, aspect=zooms[1] / zooms[0])
+        lo, hi = display_window(image, ds["modality"])
+        ax.imshow(view_slice(image, "axial", k), cmap="gray", vmin=lo, vmax=hi, aspect=zooms[1] / zooms[0],
+                  interpolation="nearest")
         for i, name in ((int(i), n) for i, n in ds["labels"].items() if int(i) > 0):
             if (m := view_slice(label, "axial", k) == i).any():
                 ax.contour(m, levels=[0.5], colors=[structure_color(colours.setdefault(name, len(colours) + 1))],
                            linewidths=1.0)
         ax.set_title(f"{ds['name']} ({ds['modality']})\naxial {k + 1}/{image.shape[2]}", fontsize=8)
         ax.set_axis_off()
-    fig.suptitle("radiological view: patient's right on the left; contours: " + ", ".join(colours), fontsize=7)
+        draw_letters(ax, "axial", fontsize=10)
+        ax.index = k
+    colour_key(fig, {c: n for n, c in colours.items()}, numbered=False, ncol=min(len(colours), 4), fontsize=7)
+    lo, hi = CT_DISPLAY_WINDOW
+    fig.suptitle(f"{RADIOLOGICAL_NOTE}; CT window {lo:.0f} to {hi:.0f} HU, MR 0.5-99.5 percentiles", fontsize=7)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
@@ -207,9 +225,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     img = load_middle_axial_slice(args.image, "mr" if args.mr else "ct")
     print(save_gin_gallery(img, args.out, n=args.n, seed=args.seed,
-                           gin=GINAugment(shared_across_batch=args.shared)))
+                           gin=GINAugment(shared_across_batch=args.shared), view="axial"))
     if args.ipa:
-        print(save_ipa_gallery(img, args.ipa, seed=args.seed))
+        print(save_ipa_gallery(img, args.ipa, seed=args.seed, view="axial"))
 
 
 if __name__ == "__main__":

@@ -12,18 +12,18 @@ slice predictions return to the input's grid through the inverse of the preproce
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.contract import Case
+from ..data.contract import CANONICAL_STRUCTURES, Case
 from ..data.io import load_volume, save_nifti
 from ..data.preprocess import VolumePreprocessor
 from ..engine.evaluation import predict_volume
-from ..methods import method_class
-from .models import load_model
-from .segment import guess_modality, save_overlay
+from .checkpoints import check_structure, load_checked
+from .segment import dicom_input, guess_modality, save_overlay
 
 
 def support_label_id(label_path, label_id: int | None = None) -> int:
@@ -48,14 +48,19 @@ def segment_with_support(image, model, support_image, support_label, structure: 
                          support_modality: str | None = None, overlay: str | None = None, prior: bool = False,
                          device: str = "auto", job_dir=None) -> np.ndarray:
     """Segment ``structure`` in ``image`` with a one-shot model (a checkpoint, or an NVFlare global
-    model with ``job_dir``) and the labelled ``support_image``; write ``out``. ``prior``: keep only
+    model with ``job_dir``; another kind of model, or a structure name that is neither canonical nor
+    the model's, is refused with ``apps.checkpoints.ModelError`` before any work) and the labelled
+    ``support_image``; write ``out``. ``prior``: keep only
     the structure's side of the patient (quadrant prior, where the method knows one). Returns the
     (X, Y, Z) uint8 mask on the input's grid."""
-    trainer = load_model(model, job_dir, device=device)
-    method = method_class(trainer.train_config.method)
-    if method.needs_labels:
-        raise ValueError(f"{model}: a {method.name} model segments without a support; drop --support "
-                         "(one-shot segmentation needs a self-supervised few-shot model, e.g. jobs/fedcowpro)")
+    trainer, info = load_checked(model, job_dir, "segment --support", device=device)
+    if not check_structure(structure, (*info.structures, *CANONICAL_STRUCTURES)):
+        print(f"note: {structure!r} is neither the model's nor a canonical structure name: it only names the mask"
+              + ("; --prior knows no side for it and keeps the whole slice" if prior else ""), file=sys.stderr)
+    for path in (image, support_image):  # an anonymised DICOM series is read: say what it lacks
+        note = dicom_input(path, {"nifti": Path(out)})[2]
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if modality is None:
         modality, why = guess_modality(image)
         print(f"image modality {modality} ({why}); pass --modality to override")
@@ -80,5 +85,7 @@ def segment_with_support(image, model, support_image, support_label, structure: 
     mask = predict_volume(lambda _images: probs, query, q_pre)
     save_nifti(mask, query.original_affine, out, dtype=np.uint8)
     if overlay:
-        save_overlay(load_volume(image)[0].numpy(), mask, query.original_affine, overlay, (structure,))
+        save_overlay(load_volume(image)[0].numpy(), mask, query.original_affine, overlay, (structure,),
+                     modality=modality, title=f"{Path(image).name} ({modality}): {structure}, one-shot with "
+                                           f"{Path(model).name} from {Path(support_image).name} ({support_modality})")
     return mask

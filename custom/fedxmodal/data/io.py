@@ -102,8 +102,14 @@ def load_volume(path, *, role: str = "image") -> MetaTensor:
 # MONAI's PydicomReader stacks every file of the folder by InstanceNumber and takes the slice step
 # from the first and last positions: a second series, a missing slice or uneven spacing would give
 # a plausible-looking but wrong volume (and mask). These checks refuse such folders up front.
-_REQUIRED_TAGS = ("SeriesInstanceUID", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient",
-                  "PixelSpacing", "Rows", "Columns")
+# What places a slice in the volume (geometry; MONAI stacks by InstanceNumber). Identity tags
+# (UIDs) are not geometry: an anonymiser may remove SeriesInstanceUID or blank SOPInstanceUID /
+# SOPClassUID, and such a series is still read when its geometry is complete and consistent.
+_REQUIRED_TAGS = ("InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                  "Columns")
+# What a DICOM SEG needs to reference its source images (apps/dicom_seg.py).
+IDENTITY_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID")
+_NO_SERIES_UID = "<no SeriesInstanceUID>"
 _AXES = ("left-right (sagittal stack)", "anterior-posterior (coronal stack)", "superior-inferior (axial stack)")
 
 
@@ -141,6 +147,10 @@ def read_dicom_headers(folder) -> list:
 def check_dicom_series(folder) -> list:
     """Check that ``folder`` holds exactly one complete, evenly spaced, axial single-frame series.
 
+    Files without a SeriesInstanceUID (anonymised) are one series when none has one; their
+    geometry (positions, orientation, spacing, size, InstanceNumber order) is checked as for any
+    series. :func:`missing_identity_tags` says which identity tags such a series lacks.
+
     Args:
         folder: a DICOM series folder.
 
@@ -158,7 +168,7 @@ def check_dicom_series(folder) -> list:
     headers = read_dicom_headers(folder)
     by_series: dict[str, list] = {}
     for ds in headers:
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "<no SeriesInstanceUID>")), []).append(ds)
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "") or _NO_SERIES_UID), []).append(ds)
     if len(by_series) > 1:
         parts = [f"{uid} ({str(v[0].get('SeriesDescription', '') or v[0].get('Modality', ''))!r}, {len(v)} files)"
                  for uid, v in by_series.items()]
@@ -199,6 +209,12 @@ def check_dicom_series(folder) -> list:
                                 f"position: {numbers[:12]}{' ...' if len(numbers) > 12 else ''}); the slices "
                                 "would be stacked out of order")
     return headers
+
+
+def missing_identity_tags(headers) -> list[str]:
+    """The :data:`IDENTITY_TAGS` absent or empty in any of ``headers`` (e.g. an anonymised series),
+    in that order; [] for a series a DICOM SEG can reference."""
+    return [t for t in IDENTITY_TAGS if any(str(ds.get(t, "") or "").strip() == "" for ds in headers)]
 
 
 def _check_positions(folder: Path, headers: list, pos: np.ndarray, normal: np.ndarray, pixel: float) -> None:

@@ -13,7 +13,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 
-from fedxmodal.fl.guard import is_scalar, describe_value
+from fedxmodal.fl.payload import describe_value, is_scalar
 
 __all__ = ["GuardedConvertToFedEvent"]
 

@@ -60,6 +60,8 @@ from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 
+from fedxmodal.fl.payload import (NUMERIC_KINDS, describe_value, dtype_kind, is_array, is_scalar, payload_bytes,
+                                  shape_matches, shape_of, small_plain)
 from fedxmodal.fl.refusal import REFUSED_HEADER, refuse
 from fedxmodal.utils import instantiate
 
@@ -69,6 +71,7 @@ __all__ = [
     "OutputGuard",
     "OutputRefused",
     "describe_value",
+    "is_scalar",
     "payload_bytes",
 ]
 
@@ -91,7 +94,6 @@ _ALLOWED_HEADERS = {
     ReservedHeaderKey.CONTENT_TYPE, ReservedHeaderKey.RC, "start_round", "current_round", "num_rounds",
     "validate_type", "__task_name__", "__task_id__", "__workflow__", "__audit_event_id__",
 }
-_NUMERIC_KINDS = "fiub"
 _CHECKED: Dict[int, "weakref.ref"] = {}  # results a guard has checked (weak: nothing is added to them)
 
 
@@ -107,95 +109,6 @@ def _was_checked(result) -> bool:
 
 class OutputRefused(Exception):
     """A result that may not leave the site; ``str(exc)`` is the reason."""
-
-
-# ----------------------------------------------------------------------------------- helpers
-def _is_array(v) -> bool:
-    return isinstance(v, np.ndarray) or (hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "numel"))
-
-
-def _shape(v) -> Tuple[int, ...]:
-    return tuple(int(d) for d in v.shape)
-
-
-def _dtype_kind(v) -> str:
-    if isinstance(v, np.ndarray):
-        return v.dtype.kind
-    name = str(v.dtype).replace("torch.", "")
-    if name == "bool":
-        return "b"
-    if name.startswith("float") or name.startswith("bfloat") or name in ("half", "double"):
-        return "f"
-    if name.startswith("complex"):
-        return "c"
-    if name.startswith("uint"):
-        return "u"
-    if name.startswith("int") or name == "long":
-        return "i"
-    return "O"
-
-
-def _nbytes(v) -> int:
-    if isinstance(v, np.ndarray):
-        return int(v.nbytes)
-    return int(v.numel() * v.element_size())
-
-
-def describe_value(v) -> str:
-    """A short description of a value for a log line: type, dtype and shape -- never its content."""
-    if _is_array(v):
-        return f"{str(v.dtype).replace('torch.', '')} array of shape {_shape(v)}"
-    if isinstance(v, Mapping):
-        return f"mapping with {len(v)} entries"
-    if isinstance(v, (list, tuple)):
-        return f"{type(v).__name__} of length {len(v)}"
-    if isinstance(v, (str, bytes)):
-        return f"{type(v).__name__} of length {len(v)}"
-    return type(v).__name__
-
-
-def payload_bytes(obj) -> int:
-    """Bytes of all arrays (and byte strings) inside ``obj`` (nested dicts/lists): the payload size."""
-    if _is_array(obj):
-        return _nbytes(obj)
-    if isinstance(obj, (bytes, bytearray)):
-        return len(obj)
-    if isinstance(obj, Mapping):
-        return sum(payload_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(payload_bytes(v) for v in obj)
-    return 0
-
-
-def is_scalar(v) -> bool:
-    if isinstance(v, bool):
-        return True
-    if isinstance(v, numbers.Number) and not isinstance(v, complex):
-        return True
-    if isinstance(v, np.generic):
-        return v.dtype.kind in "fiub"
-    if _is_array(v):
-        return int(np.prod(_shape(v))) == 1 and len(_shape(v)) <= 1 and _dtype_kind(v) in "fiub"
-    return False
-
-
-def _small_plain(v, depth: int = 0) -> bool:
-    """Scalars, short strings, None, and small dicts/lists of them (bookkeeping meta)."""
-    if v is None or is_scalar(v):
-        return True
-    if isinstance(v, str):
-        return len(v) <= 256
-    if depth >= 2:
-        return False
-    if isinstance(v, Mapping):
-        return len(v) <= 64 and all(isinstance(k, str) and _small_plain(x, depth + 1) for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return len(v) <= 64 and all(_small_plain(x, depth + 1) for x in v)
-    return False
-
-
-def _declared_shape_matches(declared: Sequence[Optional[int]], actual: Tuple[int, ...]) -> bool:
-    return len(declared) == len(actual) and all(d is None or int(d) == a for d, a in zip(declared, actual))
 
 
 # ----------------------------------------------------------------------------------- the guard
@@ -268,13 +181,13 @@ class OutputGuard(Filter):
         for k, v in params.items():
             if k not in declared:
                 raise OutputRefused(f"{where}: undeclared entry {str(k)[:120]!r} ({describe_value(v)})")
-            if not _is_array(v) and not isinstance(v, (numbers.Number, np.generic)):
+            if not is_array(v) and not isinstance(v, (numbers.Number, np.generic)):
                 raise OutputRefused(f"{where}: {k!r} is not a tensor ({describe_value(v)})")
-            shape = _shape(v) if _is_array(v) else ()
-            if not _declared_shape_matches(declared[k], shape):
+            shape = shape_of(v) if is_array(v) else ()
+            if not shape_matches(declared[k], shape):
                 raise OutputRefused(f"{where}: {k!r} has shape {shape}, declared {tuple(declared[k])}")
-            kind = _dtype_kind(v) if _is_array(v) else np.asarray(v).dtype.kind
-            if kind not in _NUMERIC_KINDS:
+            kind = dtype_kind(v) if is_array(v) else np.asarray(v).dtype.kind
+            if kind not in NUMERIC_KINDS:
                 raise OutputRefused(f"{where}: {k!r} is not numeric ({describe_value(v)})")
 
     def _dequantized_copy(self, dxo: DXO, where: str) -> Dict[str, Any]:
@@ -299,7 +212,7 @@ class OutputGuard(Filter):
         except Exception as e:  # a payload that does not decode is not what the job declared
             raise OutputRefused(f"{where}: quantized payload does not decode ({type(e).__name__}: {e})") from None
         for k, v in decoded.items():  # the encoded form may not be larger than the tensor it encodes
-            n = int(np.prod(_shape(v))) if _is_array(v) else 1
+            n = int(np.prod(shape_of(v))) if is_array(v) else 1
             sent = payload_bytes(params[k]) + payload_bytes(state.get(k))
             if sent > 4 * n + 4096:
                 raise OutputRefused(f"{where}: quantized {str(k)[:120]!r} takes {sent} bytes for {n} values")
@@ -316,7 +229,7 @@ class OutputGuard(Filter):
                 if not quantized:
                     raise OutputRefused(f"{where}: quantization metadata {k!r} on a payload that is not quantized")
             elif k in _PLAIN_META or k in self.meta_keys:
-                if not _small_plain(v):
+                if not small_plain(v):
                     raise OutputRefused(f"{where}: meta {k!r} is not small plain data ({describe_value(v)})")
             else:
                 raise OutputRefused(f"{where}: undeclared meta entry {str(k)[:80]!r} ({describe_value(v)})")

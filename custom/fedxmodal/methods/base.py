@@ -24,7 +24,7 @@ is the supervised base, :class:`EpisodicMethod` the self-supervised one-shot bas
 from __future__ import annotations
 
 import abc
-
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -100,6 +100,20 @@ class MethodBase:
     needs_labels = True  # False: trains on unlabelled sites (self-supervised); not in the supervised grid
     site_runner = SupervisedSiteRunner  # what runs at its sites (methods/site_runners.py), by training style
     site_parts: str | None = None  # dotted path of a SiteParts subclass; None: SiteParts
+    # How a comparison cell of this method (``compare``, fedxmodal.apps.cells) is trained and scored:
+    # "segmentation" (epochs with labels; per-volume 3D Dice), "oneshot" (episode steps without
+    # labels; one-shot Dice from a support volume), "generative" (G+D steps; image quality per site).
+    evaluation = "segmentation"
+    # The committed job (jobs/specs/<job_spec>.json) whose network, training and preprocessing
+    # settings a comparison cell of this method starts from ("": none, the method is not in the grid).
+    job_spec = "fedgin"
+
+    @classmethod
+    def evaluate_sites(cls, trainer, sites, split: str = "test") -> dict:
+        """This method's evaluation of ``trainer`` on every site of ``sites``
+        (:class:`~fedxmodal.data.slices.SiteSlices`): ``{"per_site": {site: summary}}`` -- here the
+        per-volume 3D Dice (``mean_dice``, ``dice`` per structure, ``n_volumes``)."""
+        return {"per_site": {s.name: trainer.evaluate(s, split)["summary"] for s in sites}}
 
     @classmethod
     def network_overrides(cls, regime: str, n_domains: int) -> dict:
@@ -155,6 +169,8 @@ class EpisodicMethod(MethodBase, abc.ABC):
     trainer = EpisodicTrainer
     needs_labels = False
     site_runner = EpisodicSiteRunner
+    evaluation = "oneshot"
+    job_spec = ""
     # the metrics its sites send (EpisodicSiteRunner): one-shot Dice where a site has a
     # labelled volume, the episode loss / Dice otherwise
     SITE_METRICS = ("dice", "dice_[a-z_]+", "n_volumes", "oneshot", "self_support", "episode_loss", "episode_dice",
@@ -163,6 +179,27 @@ class EpisodicMethod(MethodBase, abc.ABC):
     @classmethod
     def guard_declarations(cls, image_size: int, method_args: dict | None = None, model: dict | None = None) -> dict:
         return {"metrics": list(cls.SITE_METRICS)}
+
+    @classmethod
+    def evaluate_sites(cls, trainer, sites, split: str = "test") -> dict:
+        """One-shot evaluation of every (support site, query site) pair on the query's ``split``
+        (:meth:`EpisodicTrainer.evaluate <fedxmodal.engine.episodic.EpisodicTrainer.evaluate>`):
+        ``{"per_site": {query: summary with its own site as the support}, "pairs": {"S->Q": ...}}``;
+        a pair holds both modalities, the support cases, the settings' Dice and its seconds."""
+        per_site, pairs = {}, {}
+        for q in sites:
+            for s in sites:
+                t0 = time.perf_counter()
+                ev = trainer.evaluate(q, split, support_site=s)
+                secs = time.perf_counter() - t0
+                n = max(1, sum(len(r["per_volume"][k]) for r in ev["result"].values() for k in r["per_volume"]))
+                pairs[f"{s.name}->{q.name}"] = {
+                    "support_modality": s.modality, "query_modality": q.modality, "supports": ev["supports"],
+                    "self_support": ev["self_support"], "settings": ev["summary"]["settings"],
+                    "n_volumes": ev["summary"]["n_volumes"], "seconds": secs, "seconds_per_volume_structure": secs / n}
+                if s is q:
+                    per_site[q.name] = {**ev["summary"], "support_site": s.name}
+        return {"per_site": per_site, "pairs": pairs}
 
     @abc.abstractmethod
     def build_network(self, **args) -> torch.nn.Module:
@@ -202,11 +239,21 @@ class GanMethod(MethodBase, abc.ABC):
     needs_labels = False
     site_runner = GanSiteRunner
     regimes = ("federated", "centralized", "local")
+    evaluation = "generative"
+    job_spec = ""
     QUALITY_METRICS: tuple = ()
 
     @classmethod
     def guard_declarations(cls, image_size: int, method_args: dict | None = None, model: dict | None = None) -> dict:
         return {"metrics": list(cls.QUALITY_METRICS)}
+
+    @classmethod
+    def evaluate_sites(cls, trainer, sites, split: str = "test", seed: int = 0) -> dict:
+        """``{"per_site": {site: quality_metrics on its split}}`` of the trainer's generator, every
+        site's data prepared by ``site_data`` (the site must be one the model is conditioned on)."""
+        method = trainer.method
+        return {"per_site": {s.name: method.quality_metrics(trainer, method.site_data(trainer, s, s.name, seed=seed),
+                                                            split) for s in sites}}
 
     @abc.abstractmethod
     def build_network(self, **args) -> torch.nn.Module:

@@ -1,4 +1,5 @@
-"""Random Butterworth high-pass filtering, the local frequency-domain baseline of seed 000."""
+"""Random Butterworth high-pass filtering, the local frequency-domain baseline of the
+federated GIN paper."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dual-Norm (Zhou et al., CVPR 2022), a baseline of seed 000."""
+"""Dual-Norm (Zhou et al., CVPR 2022), a baseline of the federated GIN paper."""
 
 from __future__ import annotations
 

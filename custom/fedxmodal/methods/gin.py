@@ -1,4 +1,5 @@
-"""GIN and GIN-IPA (seed 000, Ouyang et al., TMI 2022; REFERENCE.md section 1)."""
+"""GIN and GIN-IPA (Ouyang et al., "Causality-inspired single-source domain generalization for medical
+image segmentation", TMI 2022): the augmentation of FedGIN, the federated GIN paper's method."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .base import PlainMethod
 
 
 class GINMethod(PlainMethod):
-    """GIN: every training batch passes through a fresh random shallow conv net (REFERENCE.md §1).
+    """GIN: every training batch passes through a fresh random shallow conv net (Ouyang et al.).
     ``shared_across_batch=True`` is the federated papers' variant (one net per batch)."""
 
     name = "gin"

@@ -1,4 +1,4 @@
-"""RandConv (Xu et al., ICLR 2021), a baseline of seed 000."""
+"""RandConv (Xu et al., ICLR 2021), a baseline of the federated GIN paper."""
 
 from __future__ import annotations
 

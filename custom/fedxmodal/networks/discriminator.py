@@ -2,7 +2,8 @@
 
 On (B, C, h, w) encoder features it returns (B, 1, h', w') patch logits: conv3x3 (C -> w),
 LeakyReLU 0.2, conv4x4/2 (w -> 2w), LeakyReLU, conv4x4/2 (2w -> 2w), LeakyReLU, conv3x3 (2w -> 1);
-no normalisation (REFERENCE.md section 3; ~0.14 M parameters for C = 128, w = 32). Any h, w >= 1.
+no normalisation (FedDA's local discriminator, arXiv 2509.23907; ~0.14 M parameters for C = 128, w = 32).
+Any h, w >= 1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Phase 2 of the data factory (seed 002, REFERENCE.md section 4): the networks a site trains
+"""Phase 2 of the federated multimodal data factory (Galati et al., MICCAI 2024): the networks a site trains
 around the FROZEN phase-1 generator F.
 
 * :class:`InversionEncoder` E: a slice -> F's extended latent w+ (one w per synthesis layer),

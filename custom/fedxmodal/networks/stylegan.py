@@ -1,6 +1,6 @@
 """A conditional StyleGAN2-lite generator, scaled for CPU sites (64 px default, 128 px option).
 
-The data factory of seed 002 (Galati et al., MICCAI 2024; REFERENCE.md section 4): a StyleGAN2
+The federated multimodal data factory (Galati et al., MICCAI 2024), phase 1: a StyleGAN2
 generator conditioned on the site (client id), the slice's position in its volume (z-bin) and the
 site's *domain key* (a float vector computed at the site, never shared). Conditioning follows the
 paper's eq. (1) as the official code implements it::

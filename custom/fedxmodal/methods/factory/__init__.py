@@ -1,4 +1,4 @@
-"""The federated multimodal data factory (seed 002, Galati et al., MICCAI 2024), phase 1: a
+"""The federated multimodal data factory (Galati et al., MICCAI 2024), phase 1: a
 conditional StyleGAN2-style generator of every site's appearance, trained with FedAvg (uniform
 weights, k of N sites per round) without any site sending an image.
 
@@ -33,6 +33,7 @@ class FactoryMethod(GanMethod):
     label = "data factory, phase 1 (conditional StyleGAN2-lite, FedAvg)"
     site_parts = "fedxmodal.methods.factory.site.FactorySiteParts"
     QUALITY_METRICS = ("swd", "swd_nokey", "swd_other", "swd_floor")
+    job_spec = "factory"  # jobs/specs/factory.json: the generator and optimiser of a comparison cell
 
     def __init__(self, sites=(), quality_samples: int = 64, picture_every: int = 5):
         self.sites = tuple(sites)

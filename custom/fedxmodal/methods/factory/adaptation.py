@@ -1,4 +1,4 @@
-"""The data factory's phase 2 (seed 002, REFERENCE.md section 4): local adaptation around the
+"""The data factory's phase 2 (Galati et al., MICCAI 2024): local adaptation around the
 frozen phase-1 generator, without NVFlare.
 
 A labelled *source* site trains an inversion encoder E_s and a segmentation head S_s on the

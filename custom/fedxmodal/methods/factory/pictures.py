@@ -30,23 +30,29 @@ def tile(images: torch.Tensor, n_cols: int) -> np.ndarray:
 
 
 def save_rows(rows: list[tuple[str, torch.Tensor]], out_png, title: str = "", n_cols: int = 8) -> Path:
-    """A labelled picture: one mosaic per (label, images (N, 1, S, S)) row group."""
+    """A labelled picture: one mosaic per (label, images (N, 1, S, S) RAS slices) row group, in
+    radiological view (:func:`to_uint8`); the first tile of each group carries the orientation letters."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ...visualize import RADIOLOGICAL_NOTE, draw_letters
+
     mosaics = [(label, tile(imgs, n_cols)) for label, imgs in rows]
     heights = [m.shape[0] for _, m in mosaics]
     width = max(m.shape[1] for _, m in mosaics)
-    fig, axes = plt.subplots(len(mosaics), 1, figsize=(width / 40 + 0.5, sum(heights) / 40 + 0.6 * len(mosaics)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (label, mosaic) in zip(axes[:, 0], mosaics):
+    fig, axes = plt.subplots(len(mosaics), 1, figsize=(max(width / 40 + 0.5, 6.0),
+                                                        sum(heights) / 40 + 0.6 * len(mosaics) + 0.6),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False, layout="constrained")
+    for ax, (label, mosaic), (_, imgs) in zip(axes[:, 0], mosaics, rows):
         ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(label, fontsize=9, loc="left")
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
+        s = int(imgs.shape[-1])
+        draw_letters(ax, "axial", box=(-0.5, s - 0.5, -0.5, s - 0.5), fontsize=8)
+    fig.suptitle((f"{title}\n" if title else "") + f"{RADIOLOGICAL_NOTE} (letters on the first slice of each row)",
+                 fontsize=9)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100, bbox_inches="tight")

@@ -1,4 +1,4 @@
-"""FedCoWPro (seed 003): federated self-supervised one-shot segmentation, and its baselines
+"""FedCoWPro (arXiv 2503.23507): federated self-supervised one-shot segmentation, and its baselines
 SSL-ALPNet and CoWPro -- three registered methods over one code path (``method.PrototypeMethod``):
 
 - ``superpixels``: per-site felzenszwalb pseudo-labels, cached in the site's folder, PNG preview;

@@ -32,6 +32,8 @@ class PrototypeMethod(EpisodicMethod):
         variant: the loss/prototype variant (default: the class's ``name``).
     """
 
+    job_spec = "fedcowpro"  # jobs/specs/fedcowpro.json: the encoder, episodes and optimiser of a comparison cell
+
     def __init__(self, superpixels: dict | None = None, episodes: dict | None = None,
                  prototypes: dict | None = None, loss: dict | None = None, exclude_structures=(),
                  cache_dir: str | None = None, variant: str | None = None):

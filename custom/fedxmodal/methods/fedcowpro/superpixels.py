@@ -219,7 +219,9 @@ def _write_cache(path: Path, case, sp: np.ndarray) -> None:
 
 
 def render_superpixel_preview(images, superpixels, out_png, n_slices: int = 4, title: str | None = None) -> Path:
-    """Write a PNG of ``n_slices`` evenly spaced slices with their superpixel boundaries.
+    """Write a PNG of ``n_slices`` evenly spaced slices with their superpixel boundaries, in
+    radiological view (the slices are preprocessed axial slices on the RAS grid: anterior up, the
+    patient's right on the viewer's left), with orientation letters and a key of the boundary colour.
 
     Args:
         images: (N, 1, H, W) or (N, H, W) slices (any intensity scale; min-max scaled for display).
@@ -231,6 +233,9 @@ def render_superpixel_preview(images, superpixels, out_png, n_slices: int = 4, t
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from ...visualize import RADIOLOGICAL_NOTE, axial_display, colour_key, draw_letters
 
     imgs = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     sps = superpixels.detach().cpu().numpy() if isinstance(superpixels, torch.Tensor) else np.asarray(superpixels)
@@ -242,16 +247,20 @@ def render_superpixel_preview(images, superpixels, out_png, n_slices: int = 4, t
     if have.size == 0:
         raise ValueError("no slice has superpixels")
     picks = have[np.linspace(0, have.size - 1, min(n_slices, have.size)).round().astype(int)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3.8), squeeze=False, layout="constrained")
+    boundary = (1, 0.2, 0.2)
     for ax, i in zip(axes[0], picks):
-        img = imgs[i]
+        img = np.ascontiguousarray(axial_display(imgs[i]))
+        sp = np.ascontiguousarray(axial_display(sps[i]))
         img01 = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
-        ax.imshow(np.clip(mark_boundaries(img01, sps[i], color=(1, 0.2, 0.2), mode="subpixel"), 0, 1))  # thin lines
+        ax.imshow(np.clip(mark_boundaries(img01, sp, color=boundary, mode="subpixel"), 0, 1),  # thin lines
+                  interpolation="nearest")
         ax.set_title(f"slice {i}: {int(sps[i].max())} superpixels", fontsize=8)
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        draw_letters(ax, "axial", fontsize=10)
+        ax.index = int(i)
+    colour_key(fig, extra=[Line2D([], [], color=boundary, label="superpixel boundary (pseudo-label)")])
+    fig.suptitle((f"{title}\n" if title else "") + RADIOLOGICAL_NOTE, fontsize=9)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

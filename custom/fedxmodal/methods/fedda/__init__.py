@@ -1,5 +1,6 @@
-"""FedDA: adversarial feature alignment across single-modality sites (seed 001, arXiv 2509.23907;
-what is the paper's and what is our choice: REFERENCE.md section 3, docs/results.md).
+"""FedDA: adversarial feature alignment across single-modality sites ("Adversarial Versus Federated:
+An Adversarial Learning based Multi-Modality Cross-Domain Federated Medical Segmentation", arXiv
+2509.23907; what is the paper's and what is our choice: docs/results.md).
 
 Each site trains the U-Net and a feature discriminator on its encoder's bottleneck with the
 :class:`~fedxmodal.engine.adversarial.AdversarialTrainer`: the segmentation step pushes the

@@ -1,4 +1,4 @@
-"""FedDG's continuous frequency-space interpolation (Liu et al., CVPR 2021), a baseline of seed 000.
+"""FedDG's continuous frequency-space interpolation (Liu et al., CVPR 2021), a baseline of the federated GIN paper.
 
 Pieces: :class:`FedDGAmplitudeMethod` (the trainer's part; centralized it builds its bank from the
 pooled sites), ``site.FedDGSiteParts`` (a site's two exchange tasks) and ``workflow.AmplitudeExchange``

@@ -1,4 +1,4 @@
-"""FedProx (Li et al., MLSys 2020), a baseline of seed 001, with NVFlare's own pieces: the server's
+"""FedProx (Li et al., MLSys 2020), a baseline of the FedDA paper, with NVFlare's own pieces: the server's
 FedAvg sends the coefficient in the model's meta (``fedprox_mu``, NVFlare 2.9's FedProx contract)
 and the site adds NVFlare's ``PTFedProxLoss`` (mu/2 * ||w - w_global||^2) to the segmentation loss.
 
