@@ -1,4 +1,4 @@
-"""A user's first hour (issue 28): every command that loads a model, given a model of every kind,
+"""A user's first hour: every command that loads a model, given a model of every kind,
 answers a kind it does not take with one line naming the kind (exit 2, no traceback); argument
 and path errors come before any heavy import; every option has help with its default; structure
 names are checked; an anonymised DICOM series (identity tags removed) is segmented in its own

@@ -1,4 +1,4 @@
-"""Every picture kind in radiological view (issue 28): a bright marker on the patient's right
+"""Every picture kind in radiological view: a bright marker on the patient's right
 (and anterior) is drawn on the viewer's left (and at the top), measured on the rendered pixels;
 the orientation letters are drawn; structures have a colour key; thin volumes keep a readable
 coronal panel; overlay file names are safe; the learning curve marks the best model's round.

@@ -1,4 +1,4 @@
-"""Issue 30: a slab of a volume is normalised with the WHOLE volume's intensity statistics (so the
+"""A slab of a volume is normalised with the WHOLE volume's intensity statistics (so the
 same tissue has one value in every slab of a patient); a whole-volume case is normalised as before."""
 
 from __future__ import annotations

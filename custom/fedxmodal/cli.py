@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .apps.preflight import (DEVICE_HELP, JOB_HELP, PHANTOM_SITES, SPLITS, HelpFormatter, check_compare, check_convert,
+from .apps.preflight import (DEVICE_HELP, JOB_HELP, PHANTOM_SITES, SPLITS, HelpFormatter, check_convert,
                             check_data, check_demo, check_evaluate, check_export_bundle, check_segment,
                             check_superpixels, check_totalseg_pair, check_train, oneshot_methods, preflight,
                             train_method_help, train_methods)
@@ -223,12 +223,6 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def cmd_compare(args) -> int:
-    from .apps.compare import run_compare
-
-    return run_compare(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fedxmodal", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (default: warnings only)")
@@ -360,27 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "device has it: CPU bfloat16, CUDA float16)")
     s.set_defaults(func=cmd_demo, check=check_demo)
 
-    s = _command(sub, "compare", "seed 000's grid: every method x local/centralized/federated (nvflare "
-                                 "simulator), same seed and budget per cell; resumable; table + chart")
-    s.add_argument("--data", required=True, help="folder of site folders (written as a phantom if it has none)")
-    s.add_argument("--task", choices=("abdomen", "heart"), default="abdomen", help="structure set")
-    s.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 rounds x 1 epoch on a tiny phantom, Dice meaningless (7 min 16 s for seed 000's "
-                        "28 abdomen cells on an idle 2-core CPU; more methods, more cells: docs/results.md)")
-    s.add_argument("--rounds", type=int, help="federated rounds per cell (default 12, 2 with --quick; "
-                                              "local/centralized cells train rounds x local epochs)")
-    s.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
-    s.add_argument("--out", help="results folder (default: DATA/../compare-TASK[-quick])")
-    s.add_argument("--methods", nargs="+", help="methods to compare (default: the grid's own list, the supervised "
-                                                "methods; see the README)")
-    s.add_argument("--regimes", nargs="+", choices=("local", "centralized", "federated"),
-                   help="subset of regimes (default: all)")
-    s.add_argument("--method-args", help='JSON: arguments per method, e.g. \'{"fedda": {"adv_weight": 0.003}}\'')
-    s.add_argument("--seed", type=int, default=0, help="one seed (and the phantom's seed)")
-    s.add_argument("--seeds", type=int, nargs="+", help="several seeds: the grid per seed in OUT/seed<k>/, then "
-                                                         "mean +- sd per cell and differences vs the seed spread")
-    s.add_argument("--device", default="auto", help=DEVICE_HELP)
-    s.set_defaults(func=cmd_compare, check=check_compare)
+    from .apps.compare_cli import add_compare_parser
+
+    add_compare_parser(sub)
 
     s = _command(sub, "totalseg-pair", "site folders over the real TotalSegmentator CT/MR pair "
                                        "(each volume split into disjoint axial slabs)")

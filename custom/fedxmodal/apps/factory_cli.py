@@ -22,7 +22,7 @@ def cmd_factory(args) -> int:
 def add_factory_parser(sub) -> None:
     from .preflight import check_factory, command
 
-    p = command(sub, "factory", "the data factory (seed 002): phase 1 (run the federated GAN, sample, morph), "
+    p = command(sub, "factory", "the federated multimodal data factory: phase 1 (run the federated GAN, sample, morph), "
                                 "phase 2 (adapt)")
     fs = p.add_subparsers(dest="factory_command", required=True, metavar="SUBCOMMAND")
     s = command(fs, "run", "the phase-1 job in nvflare simulator, then quality curves and sample grids")
