@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedxmodal.engine.base import SliceData
 from fedxmodal.engine.base import seed_everything
 from fedxmodal.engine.supervised import TrainConfig
 from fedxmodal.methods import METHODS, build_trainer
@@ -46,7 +47,7 @@ def test_every_method_trains_through_the_engine(method):
     engine = _engine(method)
     engine.method.prepare([x[domains == 0], x[domains == 1]])
     before = {k: v.clone() for k, v in engine.get_weights().items()}
-    out = engine.fit(x, y, epochs=1, progress=False, domains=domains)
+    out = engine.fit(SliceData(x, y, domains), epochs=1)
     assert np.isfinite(out["loss"]) and out["steps"] >= 1
     assert any(not torch.equal(before[k], v) for k, v in engine.get_weights().items())
     probs = engine.predict_slices(x[:3])
@@ -61,7 +62,7 @@ def test_dsbn_gives_each_site_its_own_batchnorm_branch():
     domains = torch.tensor([0] * half + [1] * (len(x) - half))
     engine = _engine("dsbn")
     assert len([m for m in engine.model.modules() if isinstance(m, MultiBranchBatchNorm2d)]) > 0
-    engine.fit(x, y, epochs=2, progress=False, domains=domains)
+    engine.fit(SliceData(x, y, domains), epochs=2)
     first = next(m for m in engine.model.modules() if isinstance(m, MultiBranchBatchNorm2d))
     # each branch saw only its own domain's slices
     assert not torch.allclose(first.branches[0].running_mean, first.branches[1].running_mean)
@@ -84,7 +85,7 @@ def test_dualnorm_picks_the_branch_by_batchnorm_statistics(monkeypatch):
     x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / x.std(dim=(1, 2, 3), keepdim=True)
     engine = _engine("dualnorm")
     for _ in range(5):
-        engine.fit(x, y, epochs=1, progress=False)
+        engine.fit(SliceData(x, y), epochs=1)
     chosen = []
     select = methods.select_branches
     monkeypatch.setattr(methods, "select_branches", lambda m, imgs: chosen.append(select(m, imgs)) or chosen[-1])
@@ -140,7 +141,7 @@ def test_fedbn_sites_keep_their_own_batchnorm_after_a_round():
     agg = FedBNAggregator()
     for s, (get_w, set_w) in access.items():
         set_w(global_model)
-        engines[s].fit(data[s], y, epochs=1, progress=False)
+        engines[s].fit(SliceData(data[s], y), epochs=1)
         sent = get_w()
         assert not (set(sent) & bn), "a FedBN site never sends its BatchNorm tensors"
         agg.accept_model(FLModel(params=sent, params_type=ParamsType.FULL,

@@ -65,12 +65,12 @@ def test_federated_jobs_of_a_oneshot_and_a_generative_method(sites, tmp_path):
     fcp = grid.cells_of("fedcowpro")
     spec = fcp.federated_spec("fedcowpro", fcp.settings("fedcowpro"))
     ca = spec["client_args"]
-    assert spec["client_script"].endswith("fedxmodal/fl/episodic_site.py") and spec["min_clients"] == 2
+    assert spec["client_script"].endswith("fedxmodal/fl/site.py") and spec["min_clients"] == 2
     assert (ca["method"], ca["seed"], ca["local_steps"], spec["num_rounds"]) == ("fedcowpro", 4, 2, 2)
     assert ca["structures"] == list(grid.structures) and spec["model"]["args"]["init_seed"] == 4
     gan = grid.cells_of("data_factory")
     spec = gan.federated_spec("data_factory", gan.settings("data_factory"))
-    assert spec["client_script"].endswith("fedxmodal/fl/gan_site.py")
+    assert spec["client_script"].endswith("fedxmodal/fl/site.py")
     assert spec["client_args"]["train"]["method_args"]["sites"] == SITES and spec["model"]["args"]["n_sites"] == 2
     assert spec["clients_per_round"] == 2 and spec["client_sampling_seed"] == 4
     job = export_job(tmp_path / "jobs", spec)  # the recipe accepts it (site script, guard declarations)

@@ -95,7 +95,7 @@ def test_encoder_reconstruction_improves_and_not_without_training(generator):
     assert start == pytest.approx(_recon(frozen, batch["images"]))  # same initial weights
     out = trained.fit_source(lambda: batch, 30)
     frozen.fit_source(lambda: batch, 30)
-    assert set(out) >= {"loss", "mse", "ssim", "seg", "steps"} and out["steps"] == 30
+    assert set(out["means"]) >= {"loss", "mse", "ssim", "seg"} and out["steps"] == 30
     assert _recon(trained, batch["images"]) < 0.6 * start
     assert _recon(frozen, batch["images"]) > 0.95 * start  # lr 0: the same test must fail
 
@@ -125,8 +125,8 @@ def test_target_adaptation_leaves_generator_and_source_branch_unchanged(generato
     m_before = {k: v.clone() for k, v in tgt.model.state_dict().items()}
     target = {k: v for k, v in _disks(1).items() if k != "labels"}
     out = tgt.fit_target(lambda: target, 3, source_site=0, labelled={k: v[:3] for k, v in _disks(1).items()})
-    assert {"mse", "ssim", "cycle", "pseudo", "few_shot"} <= set(out) and all(np.isfinite(out[k]) for k in out
-                                                                               if k != "aborted")
+    m = out["means"]
+    assert {"mse", "ssim", "cycle", "pseudo", "few_shot"} <= set(m) and all(np.isfinite(v) for v in m.values())
     assert all(torch.equal(g_before[k], v) for k, v in tgt.generator.state_dict().items())
     assert all(torch.equal(s_before[k], v) for k, v in tgt.source_branch.state_dict().items())
     assert all(p.grad is None and not p.requires_grad for p in tgt.generator.parameters())
@@ -216,7 +216,7 @@ def test_adapt_locally_then_evaluate_in_the_supervised_report_format(generator, 
     out = adapt_locally(gan, src_dir, tgt_dir, STRUCTURES, tmp_path / "out", sites=("src", "tgt"), source_steps=2,
                         target_steps=2, batch_size=4, preprocess=pre, amp=False, device="cpu")
     assert out["target_checkpoint"].is_file() and len(out["labelled_slices"]) == 3
-    assert {"cycle", "pseudo", "few_shot"} <= set(out["target_fit"])
+    assert {"cycle", "pseudo", "few_shot"} <= set(out["target_fit"]["means"])
     tgt = load_trainer(out["target_checkpoint"], device="cpu")
     site = SiteSlices(tgt_dir, STRUCTURES, pre, progress=False)
     report = tgt.evaluate(site, "test")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedxmodal.engine.base import SliceData
 from fedxmodal.engine.adversarial import AdversarialConfig, AdversarialTrainer
 from fedxmodal.engine.base import seed_everything
 from fedxmodal.engine.supervised import TrainConfig
@@ -108,9 +109,9 @@ def test_ramp_plan_and_domain_mode():
     assert trainer.progress(0, 4) == 0.5 and trainer.progress(2, 4) == 0.55
     x, y = _batch(16)
     # no reference, two pooled domains: the domains are aligned with each other (centralized)
-    out = trainer.fit(x, y, epochs=1, progress=False, domains=torch.tensor([0] * 8 + [1] * 8))
+    out = trainer.fit(SliceData(x, y, torch.tensor([0] * 8 + [1] * 8)), epochs=1)
     assert {"loss_seg", "loss_adv", "loss_disc", "disc_acc"} <= set(out["means"])
-    out = trainer.fit(x, y, epochs=1, progress=False)  # one domain, no reference: no adversarial step
+    out = trainer.fit(SliceData(x, y), epochs=1)  # one domain, no reference: no adversarial step
     assert "loss_disc" not in out["means"]
 
 
@@ -119,7 +120,7 @@ def test_checkpoint_keeps_the_discriminator(tmp_path):
     assert len(trainer.discriminator) == 2  # bottleneck + the shallower tap
     trainer.set_reference(trainer.get_weights())
     x, y = _batch(16)
-    trainer.fit(x, y, epochs=1, progress=False)
+    trainer.fit(SliceData(x, y), epochs=1)
     loaded = load_trainer(trainer.save(tmp_path / "m.pt"))
     assert isinstance(loaded, AdversarialTrainer) and loaded.method.name == "fedda_gin"
     for k, v in trainer.discriminator_weights().items():
@@ -205,7 +206,7 @@ def test_site_takes_the_peer_as_reference_and_keeps_its_discriminator(tmp_path):
     parts.before_training(_Info(1))
     assert torch.equal(trainer.reference.state_dict()["model.0.conv.unit0.conv.weight"],
                        peer["model.0.conv.unit0.conv.weight"])
-    res = trainer.fit(x, y, epochs=1, progress=False)
+    res = trainer.fit(SliceData(x, y), epochs=1)
     extra = parts.after_training(_Info(1), res)
     assert {"loss_adv", "loss_disc", "disc_acc"} <= set(extra) and trainer.reference is None
     assert set(get_w()) == set(glob)  # a local discriminator never leaves
@@ -240,7 +241,7 @@ def test_fedprox_uses_nvflares_contract_and_loss():
     assert isinstance(trainer.method.proximal, PTFedProxLoss) and trainer.method.proximal.mu == 0.1
     _, logs = trainer.method.training_loss(trainer.model, x, y, trainer.seg_loss)
     assert logs["loss_prox"] == 0.0  # at the received weights
-    trainer.fit(x, y, epochs=1, progress=False)
+    trainer.fit(SliceData(x, y), epochs=1)
     _, logs = trainer.method.training_loss(trainer.model, x, y, trainer.seg_loss)
     assert logs["loss_prox"] > 0.0
     parts.after_training(_Info(0), {})

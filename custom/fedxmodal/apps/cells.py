@@ -329,7 +329,7 @@ class GenerativeCells(StepCells):
         print(f"    trained {steps} G+D steps on {sum(map(len, samplers))} slices in {seconds:.0f} s", flush=True)
         trainer.save(cell_dir / "final_model.pt", regime=regime)
         return {"train_sites": train_sites, **self.evaluate(method, trainer, preprocess), "steps": steps,
-                "train_seconds": seconds, "loss_g": fit["loss_g"], "loss_d": fit["loss_d"],
+                "train_seconds": seconds, "loss_g": fit["means"]["loss_g"], "loss_d": fit["means"]["loss_d"],
                 "n_train_slices": sum(map(len, samplers)), "model": str(cell_dir / "final_model.pt")}
 
 
