@@ -35,7 +35,7 @@ def files(tmp_path_factory):
     image, a support label, a site folder and a data folder with two sites."""
     from fedxmodal.apps.models import job_site_args
     from fedxmodal.data.preprocess import PreprocessConfig
-    from fedxmodal.engine.adaptation import AdaptationConfig, AdaptationTrainer
+    from fedxmodal.methods.factory.trainer import AdaptationConfig, AdaptationTrainer
     from fedxmodal.engine.episodic import EpisodicConfig
     from fedxmodal.engine.gan import GanConfig
     from fedxmodal.engine.supervised import TrainConfig
@@ -173,7 +173,8 @@ def test_kinds_that_fit_still_work_and_a_superfluous_job_is_ignored(files, tmp_p
 
 
 def test_checkpoint_formats_are_the_engines():
-    from fedxmodal.engine import adaptation, episodic, gan, supervised
+    from fedxmodal.engine import episodic, gan, supervised
+    from fedxmodal.methods.factory import trainer as adaptation
 
     engine = {m.CHECKPOINT_FORMAT: kind for m, kind in (
         (supervised, checkpoints.SEGMENTATION), (episodic, checkpoints.ONE_SHOT), (gan, checkpoints.GENERATOR),
