@@ -34,7 +34,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("job", metavar="SPEC_OR_NAME", help="jobs/specs/<name>.json, another spec file, or a job name")
     p.add_argument("--env", choices=("sim", "poc", "prod"), default="sim", help="execution environment (default sim)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="spec overrides, dotted keys and JSON values, e.g. num_rounds=2 client_args.local_epochs=1 (default: none)")
+                   help="spec overrides, dotted keys and JSON values, e.g. num_rounds=2 "
+                        "client_args.local_epochs=1 (default: none)")
     p.add_argument("--data", metavar="ROOT", help="folder of the site folders (<ROOT>/<site>; sim and poc)")
     p.add_argument("--sites", nargs="+", help="site names (sim and poc; default: the job's, else ct-site mr-site)")
     p.add_argument("--startup-kit", metavar="DIR", help="an admin's startup kit (prod)")
